@@ -1,0 +1,1 @@
+"""Built-in agents plugin (filled by the agents work)."""

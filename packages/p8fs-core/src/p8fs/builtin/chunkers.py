@@ -1,0 +1,1 @@
+"""Built-in chunkers plugin (filled by the chunking work)."""

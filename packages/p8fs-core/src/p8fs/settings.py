@@ -1,0 +1,133 @@
+"""Settings, read from ``P8FS_*`` environment variables (and a ``.env`` file) by pydantic-settings.
+
+The variable names are the original system's (``P8FS_STORAGE_PROVIDER``, ``P8FS_PG_*``,
+``P8FS_TIDB_*``, ``P8FS_NATS_URL``, ``P8FS_SEAWEEDFS_*``) so existing deployments keep working.
+The LLM SDKs' own variables (``ANTHROPIC_API_KEY``, ``OPENAI_API_KEY``) are honoured as they are.
+Secrets are ``SecretStr`` so they never print in logs, errors or ``repr``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+StorageProvider = Literal["sqlite", "postgresql", "tidb"]
+
+
+def default_data_dir() -> Path:
+    """The per-user data folder (``~/.local/share/p8fs`` on Linux)."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("p8fs", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Every p8fs setting, its variable and its default (docs are generated from this class)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="P8FS_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    # -- database ---------------------------------------------------------------------
+    storage_provider: StorageProvider = Field(
+        "sqlite", description="Database backend: sqlite (default), postgresql or tidb."
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL that overrides the provider settings, e.g. "
+        "sqlite+aiosqlite:///path/p8fs.db or postgresql+asyncpg://user@host/db.",
+    )
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Folder for the default SQLite database and embedded services' data.",
+    )
+    pg_host: str = Field("localhost", description="PostgreSQL host.")
+    pg_port: int = Field(5432, description="PostgreSQL port.")
+    pg_database: str = Field("app", description="PostgreSQL database.")
+    pg_user: str = Field("postgres", description="PostgreSQL user.")
+    pg_password: SecretStr = Field(SecretStr(""), description="PostgreSQL password.")
+    tidb_host: str = Field("localhost", description="TiDB (MySQL protocol) host.")
+    tidb_port: int = Field(4000, description="TiDB port.")
+    tidb_database: str = Field("public", description="TiDB database.")
+    tidb_user: str = Field("root", description="TiDB user.")
+    tidb_password: SecretStr = Field(SecretStr(""), description="TiDB password.")
+
+    # -- object storage and broker ----------------------------------------------------
+    nats_url: str | None = Field(
+        None, description="NATS server URL; unset means embedded nats-server in development."
+    )
+    seaweedfs_endpoint: str | None = Field(
+        None, description="S3 endpoint of SeaweedFS, e.g. http://localhost:8333."
+    )
+    seaweedfs_filer: str | None = Field(
+        None, description="SeaweedFS filer address (host:port) for the event bridge."
+    )
+    s3_access_key: SecretStr | None = Field(None, description="S3 access key id.")
+    s3_secret_key: SecretStr | None = Field(None, description="S3 secret access key.")
+    s3_region: str = Field("us-east-1", description="S3 region name sent to the endpoint.")
+
+    # -- processing -------------------------------------------------------------------
+    chunker: str = Field("tokens", description="Name of the chunker used for files.")
+    chunk_tokens: int = Field(512, ge=16, description="Maximum tokens per chunk.")
+    chunk_overlap: int = Field(64, ge=0, description="Tokens repeated between neighbouring chunks.")
+    token_encoding: str = Field(
+        "o200k_base", description="Tokenizer encoding for counting (o200k_base or cl100k_base)."
+    )
+    document_timeout: float = Field(
+        300.0, gt=0, description="Seconds one document's extraction may take before it fails."
+    )
+    max_file_bytes: int = Field(
+        20 * 1024**3, gt=0, description="Largest file accepted for processing, in bytes."
+    )
+    whisper_model: str | None = Field(
+        None,
+        description="faster-whisper model: a folder holding model.bin and tokenizer.json, or a "
+        "name resolved from the local model cache. Required for audio and video.",
+    )
+
+    # -- agents -----------------------------------------------------------------------
+    default_model: str = Field(
+        "claude-sonnet-4-5", description="LLM used by the agents unless a call names another."
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("P8FS_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
+        description="Anthropic API key (ANTHROPIC_API_KEY).",
+    )
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("P8FS_OPENAI_API_KEY", "OPENAI_API_KEY"),
+        description="OpenAI (or compatible) API key (OPENAI_API_KEY).",
+    )
+
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "p8fs.db"
+
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy async URL to connect to, from ``P8FS_DATABASE_URL`` or the provider."""
+        if self.database_url:
+            return self.database_url
+        from urllib.parse import quote
+
+        if self.storage_provider == "postgresql":
+            pw = self.pg_password.get_secret_value()
+            auth = quote(self.pg_user) + (":" + quote(pw) if pw else "")
+            return f"postgresql+asyncpg://{auth}@{self.pg_host}:{self.pg_port}/{self.pg_database}"
+        if self.storage_provider == "tidb":
+            pw = self.tidb_password.get_secret_value()
+            auth = quote(self.tidb_user) + (":" + quote(pw) if pw else "")
+            return (
+                f"mysql+aiomysql://{auth}@{self.tidb_host}:{self.tidb_port}/{self.tidb_database}"
+                "?charset=utf8mb4"
+            )
+        return f"sqlite+aiosqlite:///{self.sqlite_path()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests construct ``Settings(...)`` directly instead)."""
+    return Settings()

@@ -1,0 +1,7 @@
+"""Root conftest: load the fixture modules every test directory shares."""
+
+pytest_plugins = [
+    "tests.fixtures.db",
+    "tests.fixtures.llm",
+    "tests.fixtures.services",
+]
