@@ -158,6 +158,7 @@ class Registry:
     _by_mime: dict[str, list[Registration[Any]]] = field(default_factory=dict)
     _by_ext: dict[str, list[Registration[Any]]] = field(default_factory=dict)
     _instances: dict[str, Any] = field(default_factory=dict)
+    _available: dict[str, bool] = field(default_factory=dict)
 
     # -- registration -------------------------------------------------------------------
     def add_provider(self, cls: type[Any], plugin: str) -> None:
@@ -196,20 +197,28 @@ class Registry:
 
         Raises :class:`UnsupportedContent` naming both when nothing claims either.
         """
-        if mime_type:
-            found = self.providers_for_mime(mime_type)
+        for found in (
+            self.providers_for_mime(mime_type) if mime_type else [],
+            self.providers_for_extension(extension) if extension else [],
+        ):
             if found:
-                return found[0]
-        if extension:
-            found = self.providers_for_extension(extension)
-            if found:
-                return found[0]
+                # An installed provider beats a higher-priority one whose extra is missing; if
+                # none is installed, the best one is returned so its use names the extra.
+                return next((cls for cls in found if self.is_available(cls)), found[0])
         raise UnsupportedContent(
             f"no provider for MIME type {mime_type or 'unknown'!s} or extension "
             f"{extension or '(none)'!s}; `p8fs providers` lists what is installed",
             mime_type=mime_type,
             extension=extension,
         )
+
+    def is_available(self, cls: type[Any]) -> bool:
+        """Whether a provider's requirements import here (cached: it cannot change in-process)."""
+        name = cls.name
+        ok = self._available.get(name)
+        if ok is None:
+            ok = self._available[name] = bool(cls.is_available())
+        return ok
 
     def provider_instance(self, cls_or_name: type[Any] | str) -> Any:
         """The one shared instance of a provider (models are loaded once per process)."""
