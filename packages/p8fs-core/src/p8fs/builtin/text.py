@@ -1,0 +1,180 @@
+"""The built-in plain-text and Markdown provider, so that p8fs-core alone is useful.
+
+It streams: the file is decoded incrementally and cut into sections at blank lines (``\\n\\n``),
+which is exactly the separator chunkers put back between sections, so no character is lost or
+added. Markdown sections start at headings (outside fenced code blocks) and carry the heading in
+their metadata.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from typing import Any, BinaryIO
+
+from p8fs import hookimpl
+from p8fs.chunking import SECTION_SEPARATOR
+from p8fs.encoding import bom_length, detect_encoding
+from p8fs.providers import ContentProvider, ExtractContext, Section, Source, source_path
+
+#: Read size; sections are emitted once this much text is buffered (at the next blank line).
+READ_BYTES = 1 << 16
+#: Files up to this size are inspected whole for their encoding (exact for mixed files).
+WHOLE_FILE_DETECTION_BYTES = 4 << 20
+
+_ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t#]*$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+
+
+class TextProvider(ContentProvider):
+    """Plain text, Markdown, JSON, YAML, CSV and other text formats, in any supported encoding."""
+
+    name = "text"
+    mime_types = (
+        "text/plain",
+        "text/markdown",
+        "text/x-markdown",
+        "text/csv",
+        "text/tab-separated-values",
+        "application/json",
+        "application/jsonl",
+        "application/yaml",
+        "application/x-yaml",
+        "text/x-log",
+    )
+    extensions = (".txt", ".text", ".md", ".markdown", ".csv", ".tsv", ".json", ".jsonl",
+                  ".yaml", ".yml", ".log", ".rst")
+    priority = 0
+
+    def extract(self, source: Source, context: ExtractContext) -> Iterator[Section]:
+        with ExitStack() as stack:
+            stream: BinaryIO
+            path = source_path(source)
+            if path is not None:
+                stream = stack.enter_context(open(path, "rb"))  # noqa: SIM115
+            else:
+                stream = source  # type: ignore[assignment]
+            markdown = (context.mime_type or "").endswith("markdown") or context.filename.lower().endswith(
+                (".md", ".markdown")
+            )
+            yield from self._sections(stream, context, markdown)
+
+    def _sections(self, stream: BinaryIO, context: ExtractContext, markdown: bool) -> Iterator[Section]:
+        head = stream.read(WHOLE_FILE_DETECTION_BYTES + 1)
+        complete = len(head) <= WHOLE_FILE_DETECTION_BYTES
+        encoding = detect_encoding(head, complete=complete)
+        context.metadata["encoding"] = encoding
+        decoder = codecs.getincrementaldecoder(encoding)("strict")
+        splitter = _MarkdownSplitter() if markdown else _ParagraphSplitter()
+
+        def decode(data: bytes, final: bool) -> str:
+            nonlocal decoder
+            try:
+                return decoder.decode(data, final=final)
+            except UnicodeDecodeError as exc:
+                # Only possible past the inspected head: keep going, but say so honestly.
+                context.warn(f"invalid {encoding} bytes after the first {len(head)} bytes ({exc.reason}); "
+                             "undecodable bytes replaced with U+FFFD")
+                decoder = codecs.getincrementaldecoder(encoding)("replace")
+                return decoder.decode(data, final=final)
+
+        pending = head[bom_length(encoding):]
+        while True:
+            text = decode(pending, final=False)
+            yield from splitter.feed(text)
+            context.check_deadline()
+            pending = stream.read(READ_BYTES)
+            if not pending:
+                break
+        yield from splitter.feed(decode(b"", final=True))
+        yield from splitter.close()
+
+
+class _ParagraphSplitter:
+    """Cuts a text stream at blank lines into sections of about :data:`READ_BYTES` characters."""
+
+    def __init__(self) -> None:
+        self.buffer = ""
+
+    def feed(self, text: str) -> Iterator[Section]:
+        self.buffer += text
+        while len(self.buffer) > READ_BYTES:
+            cut = self.buffer.rfind(SECTION_SEPARATOR, 0, len(self.buffer) - 1)
+            if cut <= 0:
+                return  # no blank line yet: keep buffering (documented memory trade-off)
+            yield self.emit(self.buffer[:cut], {})
+            self.buffer = self.buffer[cut + len(SECTION_SEPARATOR):]
+
+    @staticmethod
+    def emit(text: str, metadata: dict[str, Any]) -> Section:
+        return Section(text, metadata)
+
+    def close(self) -> Iterator[Section]:
+        if self.buffer:
+            yield self.emit(self.buffer, {})
+        self.buffer = ""
+
+
+class _MarkdownSplitter(_ParagraphSplitter):
+    """Like paragraphs, but a section also starts at every heading outside a code fence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: list[str] = []  # paragraphs of the current section
+        self.size = 0
+        self.heading: str | None = None
+        self.fence: str | None = None
+        self.tail = ""
+
+    def feed(self, text: str) -> Iterator[Section]:
+        self.tail += text
+        parts = self.tail.split(SECTION_SEPARATOR)
+        self.tail = parts.pop()  # may be incomplete
+        for block in parts:
+            yield from self._block(block)
+
+    def _block(self, block: str) -> Iterator[Section]:
+        first = block.lstrip("\n").split("\n", 1)[0]
+        heading = _ATX_HEADING.match(first) if self.fence is None else None
+        if heading and self.blocks:
+            yield from self._flush()
+        if heading:
+            self.heading = heading.group(2).strip()
+        self.blocks.append(block)
+        self.size += len(block)
+        self._track_fences(block)
+        if self.size > READ_BYTES and self.fence is None:
+            yield from self._flush()
+
+    def _track_fences(self, block: str) -> None:
+        for line in block.split("\n"):
+            match = _FENCE.match(line)
+            if not match:
+                continue
+            marker = match.group(1)
+            if self.fence is None:
+                self.fence = marker[0] * len(marker)
+            elif marker.startswith(self.fence):
+                self.fence = None
+
+    def _flush(self) -> Iterator[Section]:
+        if self.blocks:
+            metadata = {"heading": self.heading, "kind": "section"} if self.heading else {}
+            yield self.emit(SECTION_SEPARATOR.join(self.blocks), metadata)
+        self.blocks = []
+        self.size = 0
+
+    def close(self) -> Iterator[Section]:
+        yield from self._block(self.tail)
+        self.tail = ""
+        yield from self._flush()
+
+
+@hookimpl
+def p8fs_register_providers(register: Callable[[type[ContentProvider]], None]) -> None:
+    register(TextProvider)
+
+
+__all__ = ["TextProvider"]

@@ -1,0 +1,88 @@
+"""``p8fs plugins`` and ``p8fs providers``: what is installed and what it registered."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List loaded plugins with their versions and what each registered."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from p8fs.plugins import get_plugins
+
+    loaded = get_plugins()
+    rows = []
+    for name, info in loaded.info.items():
+        rows.append({
+            "name": name,
+            "distribution": info.distribution,
+            "version": info.version,
+            "builtin": info.builtin,
+            **loaded.registered_by(name),
+        })
+    failures = [{"name": f.name, "stage": f.stage, "error": f.error} for f in loaded.failures]
+    problems = [{"plugin": p.plugin, "hook": p.kind, "error": p.message} for p in loaded.problems]
+    if as_json:
+        click.echo(json.dumps({"plugins": rows, "failures": failures, "problems": problems}, indent=2))
+        return
+    console = Console()
+    table = Table(title="p8fs plugins")
+    for column in ("plugin", "distribution", "version", "providers", "chunkers", "agents"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["name"] + (" (built-in)" if row["builtin"] else ""),
+            row["distribution"] or "-",
+            row["version"] or "-",
+            ", ".join(row["providers"]) or "-",
+            ", ".join(row["chunkers"]) or "-",
+            ", ".join(row["agents"]) or "-",
+        )
+    console.print(table)
+    for f in failures:
+        console.print(f"[red]plugin {f['name']!r} failed ({f['stage']}): {f['error']}")
+    for p in problems:
+        console.print(f"[yellow]plugin {p['plugin']!r}: {p['error']}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def providers(as_json: bool) -> None:
+    """List every content provider: MIME types, extensions, priority, plugin, installed or not."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from p8fs.plugins import get_registry
+
+    registry = get_registry()
+    rows = []
+    for reg in sorted(registry.providers, key=lambda r: r.name):
+        cls = reg.cls
+        missing = cls.missing_requirements()
+        rows.append({
+            "name": reg.name,
+            "mime_types": list(cls.mime_types),
+            "extensions": list(cls.extensions),
+            "priority": cls.priority,
+            "plugin": reg.plugin,
+            "installed": not missing,
+            "install": None if not missing else (cls.extra or ", ".join(missing)),
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="p8fs providers")
+    for column in ("provider", "MIME types", "extensions", "priority", "plugin", "installed"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["name"], "\n".join(row["mime_types"]), " ".join(row["extensions"]), str(row["priority"]),
+            row["plugin"], "yes" if row["installed"] else f"[red]no: pip install '{row['install']}'",
+        )
+    Console().print(table)

@@ -1,0 +1,108 @@
+"""Text encoding detection for bytes of unknown origin: UTF-8/16/32 (with or without BOM),
+cp1252 and Latin-1.
+
+Why not chardet/charset-normalizer: the encodings users actually send are few, the rules below
+are exact for them, and a statistical guesser occasionally turns a Latin-1 file into Cyrillic.
+The order matters: BOMs are authoritative, then the NUL-byte patterns that only UTF-16/32 produce,
+then strict UTF-8 (which almost never validates by accident), then the Windows superset of
+Latin-1, which differs from ISO-8859-1 only in 0x80-0x9F (C1 controls in Latin-1, printable
+characters such as ``€`` in cp1252).
+"""
+
+from __future__ import annotations
+
+import codecs
+
+_BOMS: tuple[tuple[bytes, str], ...] = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def bom_length(encoding: str) -> int:
+    """How many leading bytes are a byte-order mark for an encoding returned by
+    :func:`detect_encoding` (the decoder must skip them)."""
+    return {"utf-32-le": 4, "utf-32-be": 4, "utf-16-le": 2, "utf-16-be": 2}.get(encoding, 0)
+
+
+def has_bom(data: bytes) -> bool:
+    return any(data.startswith(bom) for bom, _ in _BOMS)
+
+
+def _nul_pattern(sample: bytes) -> str | None:
+    """UTF-16/32 without a BOM, recognised by where the NUL bytes of ASCII text fall."""
+    n = len(sample) - len(sample) % 4
+    if n < 8:
+        return None
+    sample = sample[:n]
+    positions = [sample[i::4].count(0) for i in range(4)]
+    quarter = n // 4
+    if positions[1] >= quarter * 0.9 and positions[2] >= quarter * 0.9 and positions[3] >= quarter * 0.9:
+        return "utf-32-le"
+    if positions[0] >= quarter * 0.9 and positions[1] >= quarter * 0.9 and positions[2] >= quarter * 0.9:
+        return "utf-32-be"
+    odd = sample[1::2].count(0)
+    even = sample[0::2].count(0)
+    half = n // 2
+    if odd >= half * 0.6 and even < half * 0.1:
+        return "utf-16-le"
+    if even >= half * 0.6 and odd < half * 0.1:
+        return "utf-16-be"
+    return None
+
+
+def _is_utf8(sample: bytes, complete: bool) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    try:
+        decoder.decode(sample, final=complete)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def detect_encoding(sample: bytes, *, complete: bool = True) -> str:
+    """The encoding of ``sample`` (a file's head, or all of it when ``complete``).
+
+    Returns a Python codec name. With a BOM the codec consumes (``utf-8-sig``) or the caller skips
+    (:func:`bom_length`) the mark, so decoded text never starts with U+FEFF.
+    """
+    for bom, name in _BOMS:
+        if sample.startswith(bom):
+            return name
+    pattern = _nul_pattern(sample[:4096])
+    if pattern:
+        return pattern
+    if _is_utf8(sample, complete):
+        return "utf-8"
+    if any(0x80 <= b <= 0x9F for b in sample):
+        try:
+            sample.decode("cp1252")
+            return "cp1252"
+        except UnicodeDecodeError:
+            return "latin-1"
+    return "latin-1"
+
+
+def decode_bytes(data: bytes, encoding: str | None = None) -> str:
+    """Decode a whole byte string with :func:`detect_encoding` (or the given encoding)."""
+    enc = encoding or detect_encoding(data)
+    return data[bom_length(enc):].decode(enc)
+
+
+def looks_like_text(sample: bytes) -> bool:
+    """Whether a file's head is plausibly text in one of the supported encodings.
+
+    Binary formats are full of NULs and control bytes that no text encoding above produces
+    (except UTF-16/32, which :func:`detect_encoding` recognises first).
+    """
+    if not sample:
+        return True
+    enc = detect_encoding(sample, complete=False)
+    if enc.startswith(("utf-16", "utf-32")):
+        return True
+    text = sample[bom_length(enc):].decode(enc, errors="replace")
+    controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f\v\x1b")
+    return controls <= max(1, len(text) // 100)

@@ -1,0 +1,378 @@
+"""The ingest pipeline: source → provider → sections → chunks → one database transaction.
+
+``aingest(uri, tenant_id)`` is everything a worker or a notebook needs. Extraction and chunking
+run in a worker thread and hand chunks over through a small bounded queue, so memory stays flat
+whatever the file's size and the event loop stays free (a queue worker heartbeats meanwhile).
+Ids are deterministic (tenant + URI, file + chunk index) and the files row is upserted together
+with a full replacement of that file's resources, so processing the same event twice changes
+nothing, and changed content leaves no stale chunk behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from p8fs import ids
+from p8fs.errors import (
+    DocumentTimeout,
+    EmptyDocument,
+    InvalidPath,
+    P8fsError,
+    ProviderError,
+    error_code,
+    is_permanent,
+)
+from p8fs.models import ErrorRecord, FileRecord, Resource, utcnow
+from p8fs.providers import ContentProvider, ExtractContext
+from p8fs.sniff import GENERIC_MIME_TYPES, extension_of, sniff_mime
+from p8fs.storage import SourceFile, fetch, normalize_uri, storage_options_from_settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from p8fs.chunking import Chunk
+    from p8fs.database import Database
+    from p8fs.registry import Registry
+    from p8fs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Chunks in flight between the extraction thread and the database writer.
+QUEUE_DEPTH = 64
+CONTENT_CATEGORY = "content_chunk"
+
+
+@dataclass
+class IngestResult:
+    """What one ``ingest`` call did."""
+
+    file: FileRecord
+    chunks: int
+    skipped: bool
+    provider: str | None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def choose_provider(registry: Registry, mime_type: str, filename: str) -> type[ContentProvider]:
+    """Content sniffing first, extension second — except for generic types (plain text, ZIP,
+    octet-stream) whose bytes say less than the name does."""
+    ext = extension_of(filename)
+    if mime_type in GENERIC_MIME_TYPES and ext and registry.providers_for_extension(ext):
+        return registry.provider_for(None, ext)  # type: ignore[no-any-return]
+    return registry.provider_for(mime_type, ext)  # type: ignore[no-any-return]
+
+
+def resource_name(filename: str, index: int) -> str:
+    """``Sample.pdf`` chunk 0 → ``Sample_chunk_0`` (the original system's names)."""
+    return f"{PurePosixPath(filename).stem}_chunk_{index}"
+
+
+def _validate_tenant(tenant_id: str) -> None:
+    if not tenant_id or not tenant_id.strip():
+        raise InvalidPath("tenant_id must not be empty")
+    if any(ch in tenant_id for ch in "\x00\n\r/\\") or tenant_id in (".", ".."):
+        raise InvalidPath(f"tenant_id {tenant_id!r} contains forbidden characters")
+
+
+_schema_ready: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+async def _ensure_schema(database: Database) -> None:
+    """Create the tables once per ``Database`` object (explicit, idempotent DDL)."""
+    if database not in _schema_ready:
+        await database.init_schema()
+        _schema_ready.add(database)
+
+
+async def aingest(
+    uri: str,
+    tenant_id: str,
+    *,
+    database: Database | None = None,
+    settings: Settings | None = None,
+    force: bool = False,
+    options: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    process: str = "ingest",
+    record_errors: bool = True,
+) -> IngestResult:
+    """Process one file into ``files`` and ``resources`` rows for ``tenant_id``.
+
+    On failure an ``errors`` row is written (unless ``record_errors`` is false) and a
+    :class:`p8fs.errors.P8fsError` is raised; :func:`p8fs.errors.is_permanent` tells a queue
+    whether a retry could help.
+    """
+    from p8fs.settings import get_settings
+
+    settings = settings or get_settings()
+    own_database = database is None
+    if database is None:
+        from p8fs.database import Database
+
+        database = Database.from_settings(settings)
+    started = time.monotonic()
+    provider_name: str | None = None
+    normalized = uri
+    try:
+        _validate_tenant(tenant_id)
+        normalized = normalize_uri(uri)
+        await _ensure_schema(database)
+        if storage_options is None and "://" in normalized:
+            storage_options = storage_options_from_settings(settings)
+        with fetch(normalized, storage_options=storage_options, max_bytes=settings.max_file_bytes) as source:
+            result = await _ingest_source(
+                source, tenant_id, database, settings, force=force, options=options or {}
+            )
+        provider_name = result.provider
+        result.seconds = time.monotonic() - started
+        return result
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+            raise
+        error = _as_p8fs_error(exc, normalized)
+        if record_errors:
+            await _record_error(database, tenant_id, process, normalized, error, provider_name)
+        if error is exc:
+            raise
+        raise error from exc
+    finally:
+        if own_database:
+            await database.dispose()
+
+
+def ingest(uri: str, tenant_id: str, **kwargs: Any) -> IngestResult:
+    """Blocking :func:`aingest`, for scripts (inside a running loop use ``await aingest``)."""
+    return asyncio.run(aingest(uri, tenant_id, **kwargs))
+
+
+async def _ingest_source(
+    source: SourceFile,
+    tenant_id: str,
+    database: Database,
+    settings: Settings,
+    *,
+    force: bool,
+    options: dict[str, Any],
+) -> IngestResult:
+    file_id = ids.file_id(tenant_id, source.uri)
+    existing = await database.get_file(tenant_id, file_id)
+    if existing is not None and existing.content_hash == source.content_hash and not force:
+        return IngestResult(existing, existing.chunk_count, True, existing.provider)
+    if source.size == 0:
+        raise EmptyDocument(f"{source.uri} is empty (0 bytes)", uri=source.uri)
+
+    from p8fs.plugins import get_registry
+
+    registry = get_registry()
+    mime_type = sniff_mime(source.head, source.name)
+    provider_cls = choose_provider(registry, mime_type, source.name)
+    provider: ContentProvider = registry.provider_instance(provider_cls)
+    provider.ensure_available()
+    context = ExtractContext(
+        uri=source.uri,
+        filename=source.name,
+        mime_type=mime_type,
+        size=source.size,
+        options=dict(options),
+        deadline=time.monotonic() + settings.document_timeout,
+    )
+    chunker = registry.chunkers.get(settings.chunker)(
+        settings.chunk_tokens, settings.chunk_overlap, settings.token_encoding
+    )
+
+    def produce() -> Iterator[Chunk]:
+        try:
+            yield from chunker.chunk(provider.extract(source.local_path, context))
+        except P8fsError:
+            raise
+        except Exception as exc:
+            raise ProviderError(
+                f"the {provider.name!r} provider failed on {source.name}: {type(exc).__name__}: {exc}",
+                provider=provider.name,
+            ) from exc
+
+    count = 0
+    now = utcnow()
+
+    async def resources() -> AsyncIterator[Resource]:
+        nonlocal count
+        async for chunk in _threaded(produce(), context):
+            yield Resource(
+                id=ids.resource_id(file_id, chunk.index),
+                tenant_id=tenant_id,
+                file_id=file_id,
+                name=resource_name(source.name, chunk.index),
+                category=CONTENT_CATEGORY,
+                content=chunk.text,
+                ordinal=chunk.index,
+                uri=f"{source.uri}#chunk_{chunk.index}",
+                token_count=chunk.token_count,
+                metadata={**chunk.metadata, "overlap": chunk.overlap},
+                created_at=now,
+            )
+            count += 1
+
+    def file_record() -> FileRecord:
+        metadata = dict(context.metadata)
+        if context.warnings:
+            metadata["warnings"] = list(context.warnings)
+        return FileRecord(
+            id=file_id,
+            tenant_id=tenant_id,
+            uri=source.uri,
+            name=source.name,
+            file_size=source.size,
+            mime_type=mime_type,
+            content_hash=source.content_hash,
+            provider=provider.name,
+            chunk_count=count,
+            metadata=metadata,
+            upload_timestamp=existing.upload_timestamp if existing else now,
+            updated_at=utcnow(),
+        )
+
+    await database.store_file_stream(file_record, resources())
+    return IngestResult(file_record(), count, False, provider.name, list(context.warnings))
+
+
+async def _threaded(items: Iterator[Any], context: ExtractContext) -> AsyncIterator[Any]:
+    """Run a blocking iterator in a thread, yielding its items through a bounded queue.
+
+    The bound gives backpressure (the thread waits while the database catches up); the deadline
+    turns a provider that stopped making progress into :class:`DocumentTimeout` even if it never
+    calls ``check_deadline`` (the stuck thread is abandoned, and told to stop).
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(QUEUE_DEPTH)
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> None:
+        future = asyncio.run_coroutine_threadsafe(queue.put((kind, value)), loop)
+        while not stop.is_set():
+            try:
+                future.result(timeout=0.5)
+                return
+            except TimeoutError:
+                continue
+        future.cancel()
+
+    def run() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                put("item", item)
+            put("done", None)
+        except BaseException as exc:
+            put("error", exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.debug("closing the extraction iterator failed", exc_info=True)
+
+    thread = threading.Thread(target=run, name="p8fs-extract", daemon=True)
+    thread.start()
+    try:
+        while True:
+            timeout = None if context.deadline is None else max(0.0, context.deadline - time.monotonic())
+            try:
+                kind, value = await asyncio.wait_for(queue.get(), timeout=timeout)
+            except TimeoutError:
+                raise DocumentTimeout(
+                    f"extraction of {context.filename or context.uri} exceeded its time limit "
+                    "(P8FS_DOCUMENT_TIMEOUT)"
+                ) from None
+            if kind == "item":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+
+
+def _as_p8fs_error(exc: BaseException, uri: str) -> P8fsError:
+    if isinstance(exc, P8fsError):
+        return exc
+    return ProviderError(f"processing {uri} failed: {type(exc).__name__}: {exc}", uri=uri)
+
+
+async def _record_error(
+    database: Database,
+    tenant_id: str,
+    process: str,
+    uri: str,
+    error: P8fsError,
+    provider: str | None,
+) -> None:
+    record = ErrorRecord(
+        tenant_id=tenant_id or "unknown",
+        process=process,
+        message=f"{type(error).__name__}: {error}",
+        stack_trace="".join(traceback.format_exception(error)),
+        metadata={
+            "uri": uri,
+            "file_id": ids.file_id(tenant_id, uri) if tenant_id else None,
+            "code": error_code(error),
+            "permanent": is_permanent(error),
+            "provider": provider,
+            **{k: v for k, v in error.details.items() if isinstance(v, str | int | float | bool)},
+        },
+    )
+    try:
+        await database.record_error(record)
+    except Exception:
+        # The database itself is what failed (the error is then transient and will be retried);
+        # the log keeps the record.
+        log.exception("could not record the error for %s: %s", uri, error)
+
+
+async def adelete(uri: str, tenant_id: str, *, database: Database) -> bool:
+    """Remove a deleted file's ``files`` and ``resources`` rows."""
+    _validate_tenant(tenant_id)
+    await _ensure_schema(database)
+    normalized = normalize_uri(uri)
+    return await database.delete_file(tenant_id, ids.file_id(tenant_id, normalized))
+
+
+async def arename(old_uri: str, new_uri: str, tenant_id: str, *, database: Database) -> FileRecord | None:
+    """Move a renamed file's rows to its new URI (new deterministic ids), in one transaction.
+
+    Returns ``None`` when nothing was stored under the old URI (then the caller ingests the new
+    one).
+    """
+    _validate_tenant(tenant_id)
+    await _ensure_schema(database)
+    old, new = normalize_uri(old_uri), normalize_uri(new_uri)
+    old_id = ids.file_id(tenant_id, old)
+    existing = await database.get_file(tenant_id, old_id)
+    if existing is None:
+        return None
+    new_id = ids.file_id(tenant_id, new)
+    new_name = new.rstrip("/").rsplit("/", 1)[-1]
+    moved = existing.model_copy(update={"id": new_id, "uri": new, "name": new_name, "updated_at": utcnow()})
+    resources = [
+        r.model_copy(
+            update={
+                "id": ids.resource_id(new_id, r.ordinal),
+                "file_id": new_id,
+                "name": resource_name(new_name, r.ordinal),
+                "uri": f"{new}#chunk_{r.ordinal}",
+            }
+        )
+        for r in await database.list_resources(tenant_id, file_id=old_id)
+    ]
+    await database.replace_file(old_id, tenant_id, moved, resources)
+    return moved

@@ -1,0 +1,201 @@
+"""The plugin manager and registries: discovery, controls, isolation, validation, lookup."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from p8fs.errors import PluginError, UnsupportedContent
+from p8fs.plugins import DEFAULT_PLUGINS, load_plugins
+from p8fs.providers import ContentProvider
+from p8fs.registry import Registry
+
+from .plugin_dist import make_plugin_dist
+
+GOOD_PLUGIN = """
+from p8fs import hookimpl
+from p8fs.providers import ContentProvider, Section
+
+class FancyProvider(ContentProvider):
+    name = "fancy"
+    mime_types = ("text/x-fancy",)
+    extensions = (".fancy",)
+    priority = 5
+    def extract(self, source, context):
+        yield Section("fancy")
+
+class TextClash(ContentProvider):
+    name = "text"  # taken by the built-in text provider
+    extensions = (".clash",)
+    def extract(self, source, context):
+        yield Section("clash")
+
+@hookimpl
+def p8fs_register_providers(register):
+    register(FancyProvider)
+    register(TextClash)
+"""
+
+BROKEN_IMPORT = "raise RuntimeError('boom at import')\n"
+
+BROKEN_HOOK = """
+from p8fs import hookimpl
+
+@hookimpl
+def p8fs_register_providers(register):
+    raise ValueError('boom in hook')
+"""
+
+
+@pytest.fixture
+def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Three installed plugin distributions: a good one, one that fails to import, one whose hook raises."""
+    root = make_plugin_dist(
+        tmp_path / "site",
+        "p8fs-fancy",
+        "1.2.3",
+        {"fancy": "fancy_plugin", "broken-import": "broken_import_plugin", "broken-hook": "broken_hook_plugin"},
+        {"fancy_plugin": GOOD_PLUGIN, "broken_import_plugin": BROKEN_IMPORT, "broken_hook_plugin": BROKEN_HOOK},
+    )
+    monkeypatch.syspath_prepend(str(root))
+    for var in ("P8FS_LOAD_PLUGINS", "P8FS_DISABLE_PLUGINS", "P8FS_TRACE_PLUGINS"):
+        monkeypatch.delenv(var, raising=False)
+    yield root
+    for mod in ("fancy_plugin", "broken_import_plugin", "broken_hook_plugin"):
+        sys.modules.pop(mod, None)
+
+
+def test_builtins_register_through_the_same_hooks() -> None:
+    plugins = load_plugins()
+    assert set(DEFAULT_PLUGINS) <= set(plugins.info)
+    assert plugins.registry.providers.registration("text").plugin == "p8fs.builtin.text"
+    assert all(info.builtin for name, info in plugins.info.items() if name in DEFAULT_PLUGINS)
+
+
+def test_entry_point_plugin_is_discovered_with_version(third_party: Path) -> None:
+    plugins = load_plugins()
+    assert plugins.info["fancy"].version == "1.2.3"
+    assert plugins.info["fancy"].distribution == "p8fs-fancy"
+    assert "fancy" in plugins.registry.providers
+    assert plugins.registered_by("fancy")["providers"] == ["fancy"]
+
+
+def test_broken_plugins_are_reported_by_name_and_skipped(third_party: Path) -> None:
+    plugins = load_plugins()
+    failures = {f.name: f for f in plugins.failures}
+    assert failures["broken-import"].stage == "import"
+    assert "boom at import" in failures["broken-import"].error
+    assert failures["broken-hook"].stage == "p8fs_register_providers"
+    assert "boom in hook" in failures["broken-hook"].error
+    # The others still loaded and registered.
+    assert "fancy" in plugins.registry.providers
+    assert "text" in plugins.registry.providers
+
+
+def test_duplicate_name_is_refused_naming_both_plugins(third_party: Path) -> None:
+    plugins = load_plugins()
+    clash = [p for p in plugins.problems if p.plugin == "fancy"]
+    assert len(clash) == 1
+    assert "'text'" in clash[0].message and "p8fs.builtin.text" in clash[0].message
+    # The built-in keeps its name; the clashing class never became reachable by extension.
+    assert plugins.registry.providers.get("text").__name__ == "TextProvider"
+    assert plugins.registry.providers_for_extension(".clash") == []
+
+
+def test_allow_list_loads_only_named_plugins(third_party: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("P8FS_LOAD_PLUGINS", "fancy,p8fs.builtin.chunkers")
+    plugins = load_plugins()
+    assert set(plugins.info) == {"fancy", "p8fs.builtin.chunkers"}
+    assert plugins.registry.providers_for_extension(".txt") == []
+    # Without the built-in text provider, the third-party TextClash may now take the name.
+    assert plugins.registry.providers.registration("text").plugin == "fancy"
+
+
+def test_block_list_disables_a_plugin(third_party: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("P8FS_DISABLE_PLUGINS", "fancy,broken-import")
+    plugins = load_plugins()
+    assert "fancy" not in plugins.info
+    assert "fancy" not in plugins.registry.providers
+    assert "broken-import" not in {f.name for f in plugins.failures}
+
+
+def test_trace_logs_every_hook_call(third_party: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("P8FS_TRACE_PLUGINS", "1")
+    load_plugins()
+    err = capsys.readouterr().err
+    # One traced call per plugin implementing the hook, each with its result.
+    assert err.count("finish p8fs_register_providers") >= 2
+    assert "register:" in err
+
+
+class _P(ContentProvider):
+    name = "p"
+    mime_types = ("application/x-p",)
+    extensions = (".p",)
+
+    def extract(self, source, context):  # type: ignore[no-untyped-def]
+        yield from ()
+
+
+def _provider(name: str, mimes: tuple[str, ...], exts: tuple[str, ...], priority: int = 0,
+              requires: tuple[str, ...] = ()) -> type[ContentProvider]:
+    return type(name, (_P,), {"name": name, "mime_types": mimes, "extensions": exts,
+                              "priority": priority, "requires": requires})
+
+
+def test_registry_validates_provider_classes() -> None:
+    registry = Registry()
+    with pytest.raises(PluginError, match="must subclass"):
+        registry.add_provider(dict, "x")  # type: ignore[arg-type]
+    with pytest.raises(PluginError, match="claims no"):
+        registry.add_provider(_provider("none", (), ()), "x")
+    with pytest.raises(PluginError, match="lower case"):
+        registry.add_provider(_provider("upper", ("Text/Plain",), ()), "x")
+    with pytest.raises(PluginError, match="start with"):
+        registry.add_provider(_provider("noext", (), ("pdf",)), "x")
+
+    class Abstract(ContentProvider):
+        name = "abstract"
+        extensions = (".a",)
+
+    with pytest.raises(PluginError, match="does not implement: extract"):
+        registry.add_provider(Abstract, "x")
+
+
+def test_registry_lookup_priority_mime_then_extension() -> None:
+    registry = Registry()
+    low = _provider("low", ("application/x-doc",), (".doc",), priority=1)
+    high = _provider("high", ("application/x-doc",), (), priority=10)
+    registry.add_provider(low, "a")
+    registry.add_provider(high, "b")
+    assert registry.provider_for("application/x-doc", ".doc") is high
+    assert registry.provider_for("application/unknown", ".doc") is low
+    assert registry.provider_for("APPLICATION/X-DOC; charset=x", None) is high
+    with pytest.raises(UnsupportedContent, match="no provider"):
+        registry.provider_for("application/unknown", ".zzz")
+
+
+def test_registry_prefers_an_installed_provider_over_a_missing_extra() -> None:
+    registry = Registry()
+    fancy = _provider("fancy", ("text/markdown",), (), priority=50, requires=("module_that_is_not_installed",))
+    plain = _provider("plain", ("text/markdown",), (), priority=0)
+    registry.add_provider(fancy, "a")
+    registry.add_provider(plain, "b")
+    assert registry.provider_for("text/markdown", None) is plain
+    only_missing = Registry()
+    only_missing.add_provider(fancy, "a")
+    # Nothing installed: the best provider is still returned, so using it names its extra.
+    assert only_missing.provider_for("text/markdown", None) is fancy
+
+
+def test_missing_extra_fails_with_install_hint() -> None:
+    cls = _provider("needy", ("application/x-needy",), (), requires=("module_that_is_not_installed",))
+    cls.extra = "p8fs-node[office]"
+    from p8fs.errors import ProviderUnavailable
+
+    with pytest.raises(ProviderUnavailable, match=r"install p8fs-node\[office\]"):
+        cls().ensure_available()
