@@ -16,16 +16,18 @@ import codecs
 _BOMS: tuple[tuple[bytes, str], ...] = (
     (codecs.BOM_UTF32_LE, "utf-32-le"),
     (codecs.BOM_UTF32_BE, "utf-32-be"),
-    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF8, "utf-8"),
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
 
 
-def bom_length(encoding: str) -> int:
-    """How many leading bytes are a byte-order mark for an encoding returned by
-    :func:`detect_encoding` (the decoder must skip them)."""
-    return {"utf-32-le": 4, "utf-32-be": 4, "utf-16-le": 2, "utf-16-be": 2}.get(encoding, 0)
+def bom_length(data: bytes) -> int:
+    """How many leading bytes of ``data`` are a byte-order mark (to skip before decoding)."""
+    for bom, _ in _BOMS:
+        if data.startswith(bom):
+            return len(bom)
+    return 0
 
 
 def has_bom(data: bytes) -> bool:
@@ -40,9 +42,11 @@ def _nul_pattern(sample: bytes) -> str | None:
     sample = sample[:n]
     positions = [sample[i::4].count(0) for i in range(4)]
     quarter = n // 4
-    if positions[1] >= quarter * 0.9 and positions[2] >= quarter * 0.9 and positions[3] >= quarter * 0.9:
+    # Every code point is below 0x110000, so one byte of four is always NUL, and the next one is
+    # NUL for everything in the Basic Multilingual Plane.
+    if positions[3] == quarter and positions[2] >= quarter * 0.9 and positions[0] < quarter:
         return "utf-32-le"
-    if positions[0] >= quarter * 0.9 and positions[1] >= quarter * 0.9 and positions[2] >= quarter * 0.9:
+    if positions[0] == quarter and positions[1] >= quarter * 0.9 and positions[3] < quarter:
         return "utf-32-be"
     odd = sample[1::2].count(0)
     even = sample[0::2].count(0)
@@ -66,8 +70,8 @@ def _is_utf8(sample: bytes, complete: bool) -> bool:
 def detect_encoding(sample: bytes, *, complete: bool = True) -> str:
     """The encoding of ``sample`` (a file's head, or all of it when ``complete``).
 
-    Returns a Python codec name. With a BOM the codec consumes (``utf-8-sig``) or the caller skips
-    (:func:`bom_length`) the mark, so decoded text never starts with U+FEFF.
+    Returns a Python codec name; callers skip :func:`bom_length` bytes first, so decoded text
+    never starts with U+FEFF.
     """
     for bom, name in _BOMS:
         if sample.startswith(bom):
@@ -89,7 +93,7 @@ def detect_encoding(sample: bytes, *, complete: bool = True) -> str:
 def decode_bytes(data: bytes, encoding: str | None = None) -> str:
     """Decode a whole byte string with :func:`detect_encoding` (or the given encoding)."""
     enc = encoding or detect_encoding(data)
-    return data[bom_length(enc):].decode(enc)
+    return data[bom_length(data):].decode(enc)
 
 
 def looks_like_text(sample: bytes) -> bool:
@@ -103,6 +107,6 @@ def looks_like_text(sample: bytes) -> bool:
     enc = detect_encoding(sample, complete=False)
     if enc.startswith(("utf-16", "utf-32")):
         return True
-    text = sample[bom_length(enc):].decode(enc, errors="replace")
+    text = sample[bom_length(sample):].decode(enc, errors="replace")
     controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f\v\x1b")
     return controls <= max(1, len(text) // 100)

@@ -80,7 +80,7 @@ class TextProvider(ContentProvider):
                 decoder = codecs.getincrementaldecoder(encoding)("replace")
                 return decoder.decode(data, final=final)
 
-        pending = head[bom_length(encoding):]
+        pending = head[bom_length(head):]
         while True:
             text = decode(pending, final=False)
             yield from splitter.feed(text)
@@ -101,9 +101,11 @@ class _ParagraphSplitter:
     def feed(self, text: str) -> Iterator[Section]:
         self.buffer += text
         while len(self.buffer) > READ_BYTES:
-            cut = self.buffer.rfind(SECTION_SEPARATOR, 0, len(self.buffer) - 1)
+            cut = self.buffer.rfind(SECTION_SEPARATOR, 0, READ_BYTES)
             if cut <= 0:
-                return  # no blank line yet: keep buffering (documented memory trade-off)
+                cut = self.buffer.find(SECTION_SEPARATOR, READ_BYTES)
+            if cut <= 0:
+                return  # no blank line yet: keep buffering (a text without blank lines is one section)
             yield self.emit(self.buffer[:cut], {})
             self.buffer = self.buffer[cut + len(SECTION_SEPARATOR):]
 
