@@ -1,0 +1,451 @@
+"""PDF text, page by page: pypdfium2 by default, pdfminer.six for reading order, tesseract for scans.
+
+Why these engines (measured on the corpus, see DESIGN.md): pypdfium2 reads ~300 pages/s with flat
+memory and recovers damaged files well; pdfminer.six is ~20x slower but orders the text of
+multi-column pages by layout and decodes some fonts pdfium gets wrong (non-Unicode CMaps), so it
+is the ``layout`` option rather than the default. PyMuPDF would be faster still but is AGPL.
+
+What the text looks like: pdfium's text is kept as it is except for three normalisations that
+lose nothing a reader could see: ``\\r\\n`` (and lone ``\\r``) become ``\\n``; pdfium's
+end-of-line hyphenation marker (the non-character U+FFFE, or ``\\x02`` from some paths) is removed,
+which re-joins the hyphenated word as poppler's ``pdftotext`` does; and NUL characters, which no
+database text column accepts, are dropped.
+
+Time limits: ``context.check_deadline()`` runs before every page and OCR is killed at the
+deadline. A single pdfium call (opening a hostile file, one page) cannot be interrupted from
+Python; a hard limit on those needs the process boundary (the runner's worker can be killed and
+the message redelivered), which is why the per-page check is the contract here.
+
+Threads: PDFium is not thread-safe, not even across different documents. Every pdfium call here
+holds :data:`PDFIUM_LOCK`, taken per page (never across a ``yield``), so documents extracted in
+parallel threads interleave page by page instead of crashing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, ClassVar
+
+from p8fs.errors import (
+    CorruptDocument,
+    EmptyDocument,
+    EncryptedDocument,
+    LimitExceeded,
+    SourceNotFound,
+)
+from p8fs.providers import ContentProvider, ExtractContext, Section, Source, source_name
+
+from p8fs_node.ocr import DEFAULT_LANGUAGES, ocr_image, ocr_unavailable_reason
+
+if TYPE_CHECKING:
+    import pypdfium2
+
+#: Serialises every pdfium call in this process (PDFium is not thread-safe).
+PDFIUM_LOCK = threading.RLock()
+#: Documents with more pages are refused (``LimitExceeded``); option ``max_pages`` overrides.
+DEFAULT_MAX_PAGES = 10_000
+#: Resolution at which pages without a text layer are rendered for OCR; option ``ocr_dpi``.
+DEFAULT_OCR_DPI = 300
+#: A rendered page never exceeds this many pixels (a poster-sized page is rendered coarser),
+#: so a hostile page size cannot exhaust memory.
+MAX_RENDER_PIXELS = 60_000_000
+
+# PDFium's FPDF_GetLastError codes (fpdfview.h).
+_ERR_FILE, _ERR_FORMAT, _ERR_PASSWORD, _ERR_SECURITY = 2, 3, 4, 5
+
+_LINE_BREAKS = re.compile(r"\r\n?")
+_DROPPED = str.maketrans({"\ufffe": None, "\x02": None, "\x00": None})
+_METADATA_KEYS = {
+    "Title": "title",
+    "Author": "author",
+    "Subject": "subject",
+    "Keywords": "keywords",
+    "Creator": "creator",
+    "Producer": "producer",
+    "CreationDate": "created",
+    "ModDate": "modified",
+}
+
+
+def normalize_pdfium_text(text: str) -> str:
+    """pdfium's page text with the normalisations described in the module docstring."""
+    return _LINE_BREAKS.sub("\n", text).translate(_DROPPED)
+
+
+class PdfProvider(ContentProvider):
+    """PDF documents: one section per page (``page`` is 1-based), OCR for pages without text.
+
+    Options (``context.options``): ``password`` (user or owner password of an encrypted file),
+    ``layout`` (``True``: pdfminer.six reading order), ``ocr`` (``False`` disables OCR),
+    ``ocr_languages`` (tesseract languages, default ``"eng"``), ``ocr_dpi``, ``max_pages``.
+
+    Document facts written to ``context.metadata``: ``pages``, ``encrypted``, ``pdf_version``,
+    ``engine``, the info dictionary (``title``, ``author``, ``producer``, ``creator``, ``created``
+    ...), ``pages_without_text`` (1-based numbers of pages with no text layer), ``ocr_pages``
+    (those whose text came from OCR) and ``pages_failed`` (pages that could not be read).
+    """
+
+    name: ClassVar[str] = "pdf"
+    mime_types: ClassVar[tuple[str, ...]] = ("application/pdf", "application/x-pdf")
+    extensions: ClassVar[tuple[str, ...]] = (".pdf",)
+    priority: ClassVar[int] = 10
+    requires: ClassVar[tuple[str, ...]] = ("pypdfium2", "pdfminer")
+    extra: ClassVar[str | None] = "p8fs-node"
+
+    def extract(self, source: Source, context: ExtractContext) -> Iterator[Section]:
+        """Yield each page's text as it is read (a generator: nothing is read before iteration)."""
+        self.ensure_available()
+        options = context.options
+        password = _password(options.get("password"))
+        layout = bool(options.get("layout", False))
+        max_pages = int(options.get("max_pages") or DEFAULT_MAX_PAGES)
+        name = source_name(source)
+
+        with ExitStack() as stack:
+            pdfium_input, layout_input = _prepare_input(source, stack, name)
+            doc = _open_pdfium(pdfium_input, password, name)
+            stack.callback(_close, doc)
+            with PDFIUM_LOCK:
+                page_count = len(doc)
+                _document_metadata(doc, context.metadata)
+            context.metadata["pages"] = page_count
+            context.metadata["engine"] = "pdfminer.six" if layout else "pypdfium2"
+            if page_count > max_pages:
+                raise LimitExceeded(
+                    f"{name} has {page_count} pages, more than the limit of {max_pages} "
+                    "(option max_pages)",
+                    pages=page_count,
+                    limit=max_pages,
+                )
+
+            layout_pages: Iterator[str | None] | None = None
+            if layout:
+                layout_pages = _pdfminer_page_texts(layout_input, password, page_count, context)
+
+            ocr = _OcrPolicy(options)
+            without_text: list[int] = []
+            ocr_pages: list[int] = []
+            failed: list[int] = []
+            context.metadata["pages_without_text"] = without_text
+            context.metadata["ocr_pages"] = ocr_pages
+            for index in range(page_count):
+                context.check_deadline()
+                number = index + 1
+                try:
+                    text, has_content = _pdfium_page_text(doc, index)
+                except Exception as exc:  # a damaged page must not cost the other pages
+                    failed.append(number)
+                    context.metadata["pages_failed"] = failed
+                    context.warn(f"page {number} could not be read: {exc}")
+                    continue
+                if layout_pages is not None:
+                    mined = next(layout_pages, None)
+                    # pdfminer's text, unless it found none where pdfium found some.
+                    if mined is not None and (mined.strip() or not text.strip()):
+                        text = mined
+                if text.strip():
+                    yield Section(text, {"page": number, "kind": "page"})
+                    continue
+                without_text.append(number)
+                if not has_content or not ocr.enabled:
+                    continue
+                recognised = ocr.run(doc, index, context)
+                if recognised:
+                    ocr_pages.append(number)
+                    yield Section(recognised, {"page": number, "kind": "page", "ocr": True})
+            _report_pages_without_text(context, without_text, ocr_pages, page_count, ocr)
+
+
+def _password(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if hasattr(value, "get_secret_value"):  # pydantic SecretStr
+        value = value.get_secret_value()
+    return str(value)
+
+
+def _prepare_input(
+    source: Source, stack: ExitStack, name: str
+) -> tuple[Path | _PositionedReader, Path | IO[bytes]]:
+    """What pdfium reads and what pdfminer reads (both lazily: nothing is loaded whole).
+
+    A path is used as it is. A seekable file object (an s3fs file, say) is shared: pdfium reads
+    it through a :class:`_PositionedReader`, which leaves the object's own cursor where pdfminer
+    expects it. A non-seekable stream is first copied to a temporary file, in blocks.
+    """
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        if not path.is_file():
+            raise SourceNotFound(f"{name} does not exist or is not a file")
+        if path.stat().st_size == 0:
+            raise EmptyDocument(f"{name} is empty (0 bytes)")
+        return path, path
+    stream: IO[bytes] = source
+    if not _seekable(stream):
+        spool = stack.enter_context(tempfile.TemporaryFile(prefix="p8fs-pdf-"))
+        shutil.copyfileobj(stream, spool, 1024 * 1024)
+        spool.seek(0)
+        stream = spool
+    reader = _PositionedReader(stream)
+    if reader.size == 0:
+        raise EmptyDocument(f"{name} is empty (0 bytes)")
+    return reader, stream
+
+
+def _seekable(stream: IO[bytes]) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+class _PositionedReader:
+    """A read-only view of a seekable binary file with its own cursor.
+
+    pdfium asks for blocks at absolute offsets (``seek`` then ``readinto``) and fails the document
+    if a read comes back short, which network streams may do; this view fills every block, and
+    puts the underlying cursor back so another reader of the same object (pdfminer, in layout
+    mode) is not disturbed.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        start = stream.tell()
+        self.size = stream.seek(0, io.SEEK_END)
+        stream.seek(start)
+        self._pos = 0
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        saved = self._stream.tell()
+        try:
+            self._stream.seek(self._pos)
+            filled = 0
+            while filled < len(view):
+                data = self._stream.read(len(view) - filled)
+                if not data:
+                    break
+                view[filled : filled + len(data)] = data
+                filled += len(data)
+        finally:
+            self._stream.seek(saved)
+        self._pos += filled
+        return filled
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(0, self.size - self._pos)
+        buffer = bytearray(size)
+        n = self.readinto(buffer)
+        return bytes(buffer[:n])
+
+
+def _open_pdfium(
+    pdfium_input: Path | _PositionedReader, password: str | None, name: str
+) -> pypdfium2.PdfDocument:
+    """Open the document, turning pdfium's error codes into typed errors a user can act on."""
+    import pypdfium2
+
+    try:
+        with PDFIUM_LOCK:
+            return pypdfium2.PdfDocument(pdfium_input, password=password)
+    except pypdfium2.PdfiumError as exc:
+        code = getattr(exc, "err_code", None)
+        if code == _ERR_PASSWORD:
+            if password is None:
+                raise EncryptedDocument(
+                    f"{name} is encrypted and needs a password: pass it as the 'password' option "
+                    "(p8fs ingest --password, or 'password' in the storage event's metadata)",
+                    reason="password_required",
+                ) from exc
+            raise EncryptedDocument(
+                f"the password given for {name} is wrong (neither its user nor owner password)",
+                reason="wrong_password",
+            ) from exc
+        if code == _ERR_SECURITY:
+            raise EncryptedDocument(
+                f"{name} uses an encryption scheme PDFium does not support", reason="unsupported"
+            ) from exc
+        raise CorruptDocument(
+            f"{name} is not a readable PDF (damaged, truncated or not a PDF at all): {exc}"
+        ) from exc
+
+
+def _close(doc: pypdfium2.PdfDocument) -> None:
+    with PDFIUM_LOCK:
+        doc.close()
+
+
+def _document_metadata(doc: pypdfium2.PdfDocument, metadata: dict[str, Any]) -> None:
+    import pypdfium2.raw as pdfium_c
+
+    metadata["encrypted"] = pdfium_c.FPDF_GetSecurityHandlerRevision(doc) != -1
+    version = doc.get_version()
+    if version:
+        metadata["pdf_version"] = f"{version // 10}.{version % 10}"
+    for key, value in doc.get_metadata_dict(skip_empty=True).items():
+        target = _METADATA_KEYS.get(key)
+        if target and value.strip():
+            metadata[target] = value.strip().translate(_DROPPED)
+
+
+def _pdfium_page_text(doc: pypdfium2.PdfDocument, index: int) -> tuple[str, bool]:
+    """The page's normalised text layer and whether the page draws anything at all.
+
+    A page with no text but some content (an image, vector outlines) is worth OCR; a blank page
+    is not.
+    """
+    import pypdfium2.raw as pdfium_c
+
+    with PDFIUM_LOCK:
+        page = doc[index]
+        try:
+            textpage = page.get_textpage()
+            try:
+                raw = textpage.get_text_range()
+            finally:
+                textpage.close()
+            has_content = pdfium_c.FPDFPage_CountObjects(page) > 0
+        finally:
+            page.close()
+    return normalize_pdfium_text(raw), has_content
+
+
+def _pdfminer_page_texts(
+    source: Path | IO[bytes], password: str | None, page_count: int, context: ExtractContext
+) -> Iterator[str | None]:
+    """Each page's text in pdfminer.six's layout reading order, one page at a time.
+
+    Yields ``None`` for a page pdfminer cannot read (the caller then keeps pdfium's text for it
+    and a warning says so); after a failure of the document parser itself every further page is
+    ``None``. Object caching is off so memory does not grow with the document.
+    """
+    from pdfminer.converter import PDFPageAggregator
+    from pdfminer.layout import LAParams
+    from pdfminer.pdfinterp import PDFPageInterpreter, PDFResourceManager
+    from pdfminer.pdfpage import PDFPage
+
+    with ExitStack() as stack:
+        fp: IO[bytes] = (
+            stack.enter_context(open(source, "rb")) if isinstance(source, Path) else source
+        )
+        resources = PDFResourceManager(caching=True)
+        device = PDFPageAggregator(resources, laparams=LAParams(detect_vertical=True))
+        interpreter = PDFPageInterpreter(resources, device)
+        pages = PDFPage.get_pages(fp, password=password or "", caching=False)
+        broken = False
+        for number in range(1, page_count + 1):
+            if broken:
+                yield None
+                continue
+            try:
+                page = next(pages)
+            except StopIteration:
+                context.warn(
+                    f"pdfminer.six found no page {number}; kept pdfium's text from there on"
+                )
+                broken = True
+                yield None
+                continue
+            except Exception as exc:
+                context.warn(f"pdfminer.six cannot parse this PDF ({exc}); kept pdfium's text")
+                broken = True
+                yield None
+                continue
+            try:
+                interpreter.process_page(page)
+                yield _layout_text(device.get_result())
+            except Exception as exc:
+                context.warn(f"pdfminer.six failed on page {number} ({exc}); kept pdfium's text")
+                yield None
+
+
+def _layout_text(item: Any) -> str:
+    """Text of a pdfminer layout tree, as pdfminer's own ``TextConverter`` writes it."""
+    from pdfminer.layout import LTContainer, LTText, LTTextBox
+
+    parts: list[str] = []
+
+    def render(node: Any) -> None:
+        if isinstance(node, LTContainer):
+            for child in node:
+                render(child)
+        elif isinstance(node, LTText):
+            parts.append(node.get_text())
+        if isinstance(node, LTTextBox):
+            parts.append("\n")
+
+    render(item)
+    return "".join(parts).replace("\x00", "")
+
+
+class _OcrPolicy:
+    """Whether and how pages without a text layer are OCR'd for one document."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.requested = options.get("ocr", True) is not False
+        self.unavailable = ocr_unavailable_reason() if self.requested else None
+        self.enabled = self.requested and self.unavailable is None
+        self.languages = str(options.get("ocr_languages") or DEFAULT_LANGUAGES)
+        self.dpi = float(options.get("ocr_dpi") or DEFAULT_OCR_DPI)
+
+    def run(self, doc: pypdfium2.PdfDocument, index: int, context: ExtractContext) -> str:
+        """Render page ``index`` and OCR it; the bitmap lives only for this call."""
+        with PDFIUM_LOCK:
+            page = doc[index]
+            try:
+                width, height = page.get_size()
+                scale = self.dpi / 72
+                pixels = width * height * scale * scale
+                if pixels > MAX_RENDER_PIXELS:
+                    scale *= (MAX_RENDER_PIXELS / pixels) ** 0.5
+                bitmap = page.render(scale=scale, grayscale=True)
+                image = bitmap.to_pil().copy()
+                bitmap.close()
+            finally:
+                page.close()
+        return ocr_image(image, languages=self.languages, deadline=context.deadline)
+
+
+def _report_pages_without_text(
+    context: ExtractContext,
+    without_text: list[int],
+    ocr_pages: list[int],
+    page_count: int,
+    ocr: _OcrPolicy,
+) -> None:
+    """Say in the result how many pages had no text, and why they still have none."""
+    remaining = [n for n in without_text if n not in set(ocr_pages)]
+    if not remaining:
+        return
+    count = f"{len(remaining)} of {page_count} page(s) ({_page_list(remaining)})"
+    if not ocr.requested:
+        context.warn(f"{count} have no text layer; OCR was turned off (option ocr=False)")
+    elif ocr.unavailable:
+        context.warn(f"{count} have no text layer and were not OCR'd: {ocr.unavailable}")
+    else:
+        context.warn(f"{count} have no text layer or none that OCR could recognise")
+
+
+def _page_list(numbers: list[int], limit: int = 20) -> str:
+    shown = ", ".join(str(n) for n in numbers[:limit])
+    return f"pages {shown}" + (", ..." if len(numbers) > limit else "")
+
+
+__all__ = ["DEFAULT_MAX_PAGES", "PDFIUM_LOCK", "PdfProvider", "normalize_pdfium_text"]
