@@ -37,6 +37,37 @@ class TextClash(ContentProvider):
 def p8fs_register_providers(register):
     register(FancyProvider)
     register(TextClash)
+
+
+from p8fs.chunking import Chunk, Chunker
+from pydantic import BaseModel
+from typing import ClassVar
+import click
+
+class LineChunker(Chunker):
+    name = "lines"
+    def chunk(self, sections):
+        for i, section in enumerate(sections):
+            yield Chunk(section.text, i, 1)
+
+class Haiku(BaseModel):
+    "Write a haiku about the input."
+    agent_aliases: ClassVar[tuple[str, ...]] = ("agentlets.poems.Haiku",)
+    lines: list[str]
+
+@hookimpl
+def p8fs_register_chunkers(register):
+    register(LineChunker)
+
+@hookimpl
+def p8fs_register_agents(register):
+    register(Haiku)
+
+@hookimpl
+def p8fs_register_commands(cli):
+    @cli.command(name="fancy-hello")
+    def hello():
+        click.echo("hello from fancy")
 """
 
 BROKEN_IMPORT = "raise RuntimeError('boom at import')\n"
@@ -81,6 +112,7 @@ def test_entry_point_plugin_is_discovered_with_version(third_party: Path) -> Non
     assert plugins.info["fancy"].distribution == "p8fs-fancy"
     assert "fancy" in plugins.registry.providers
     assert plugins.registered_by("fancy")["providers"] == ["fancy"]
+    assert plugins.registry.provider_for("text/x-fancy", None).__name__ == "FancyProvider"
 
 
 def test_broken_plugins_are_reported_by_name_and_skipped(third_party: Path) -> None:
@@ -199,3 +231,38 @@ def test_missing_extra_fails_with_install_hint() -> None:
 
     with pytest.raises(ProviderUnavailable, match=r"install p8fs-node\[office\]"):
         cls().ensure_available()
+
+
+def test_p8fs_register_chunkers_and_p8fs_register_agents_from_a_third_party(third_party: Path) -> None:
+    plugins = load_plugins()
+    assert plugins.registry.chunkers.registration("lines").plugin == "fancy"
+    assert plugins.registry.agents.get("agentlets.poems.Haiku").__name__ == "Haiku"
+    assert plugins.registered_by("fancy") == {"providers": ["fancy"], "chunkers": ["lines"], "agents": ["Haiku"]}
+
+
+def test_p8fs_register_commands_adds_a_cli_verb(third_party: Path) -> None:
+    from click.testing import CliRunner
+
+    import p8fs.plugins
+    from p8fs.cli import main
+
+    p8fs.plugins.reset_plugins()
+    try:
+        result = CliRunner().invoke(main, ["fancy-hello"])
+        assert result.exit_code == 0, result.output
+        assert "hello from fancy" in result.output
+        listed = CliRunner().invoke(main, ["plugins", "--json"])
+        assert '"fancy"' in listed.output and '"1.2.3"' in listed.output
+    finally:
+        p8fs.plugins.reset_plugins()
+
+
+def test_agent_without_docstring_is_refused() -> None:
+    from pydantic import BaseModel
+
+    class Silent(BaseModel):
+        x: int
+
+    registry = Registry()
+    with pytest.raises(PluginError, match="docstring"):
+        registry.add_agent(Silent, "x")
