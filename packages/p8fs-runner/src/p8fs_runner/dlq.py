@@ -1,0 +1,196 @@
+"""Dead letters: events that failed for good, kept with the reason until an operator acts.
+
+JetStream does not dead-letter by itself: when ``max_deliver`` is exhausted a message just stays
+in the work-queue stream and an advisory is published (measured). So the runner does it: the
+original payload is published *unchanged* to ``p8fs.storage.dlq.<queue>`` (stream
+``P8FS_STORAGE_EVENTS_DLQ``) with the failure in headers, and only after the broker confirms it is
+the source message terminated. ``replay`` puts the original payload back where it came from and
+removes the dead letter, so nothing is ever lost between the two.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from nats.js.errors import NotFoundError
+
+from p8fs_runner.tiers import DLQ_STREAM, DLQ_SUBJECT_PREFIX, EVENTS_SUBJECT, TEST
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nats.aio.msg import Msg
+    from nats.js.client import JetStreamContext
+
+    from p8fs_runner.tiers import QueueSpec
+
+#: Headers a dead letter carries (the payload is the original event, byte for byte).
+H_QUEUE = "P8fs-Dlq-Queue"
+H_STREAM = "P8fs-Dlq-Stream"
+H_SEQ = "P8fs-Dlq-Seq"
+H_REASON = "P8fs-Dlq-Reason"
+H_CODE = "P8fs-Dlq-Code"
+H_DELIVERIES = "P8fs-Dlq-Deliveries"
+H_FAILED_AT = "P8fs-Dlq-Failed-At"
+H_TENANT = "P8fs-Dlq-Tenant"
+H_URI = "P8fs-Dlq-Uri"
+
+_MAX_HEADER = 2000
+
+
+def _header_value(text: str) -> str:
+    """Header values are one line of limited length; the full text is in the errors row."""
+    one_line = " ".join(str(text).split())
+    return one_line[:_MAX_HEADER]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One message of the dead-letter stream, as ``dlq list`` shows it."""
+
+    seq: int
+    subject: str
+    queue: str
+    reason: str
+    code: str
+    deliveries: int
+    failed_at: str
+    tenant_id: str
+    uri: str
+    source_stream: str
+    source_seq: int | None
+    data: bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__slots__ if k != "data"}
+        try:
+            out["event"] = json.loads(self.data)
+        except ValueError:
+            out["event"] = self.data.decode("utf-8", "replace")
+        return out
+
+
+async def dead_letter(
+    js: JetStreamContext,
+    spec: QueueSpec,
+    msg: Msg,
+    *,
+    reason: str,
+    code: str,
+    tenant_id: str = "",
+    uri: str = "",
+) -> None:
+    """Publish ``msg``'s payload and the failure to the dead-letter stream and wait for the
+    broker's confirmation. The caller terms the source message only after this returns."""
+    md = msg.metadata
+    headers = {
+        H_QUEUE: spec.name,
+        H_STREAM: md.stream,
+        H_SEQ: str(md.sequence.stream),
+        H_REASON: _header_value(reason) or "unknown",
+        H_CODE: _header_value(code) or "error",
+        H_DELIVERIES: str(md.num_delivered),
+        H_FAILED_AT: datetime.now(UTC).isoformat(),
+        H_TENANT: _header_value(tenant_id),
+        H_URI: _header_value(uri),
+        # Dead-lettering the same delivery twice (a retry after a lost PubAck) stores it once.
+        "Nats-Msg-Id": f"dlq:{md.stream}:{md.sequence.stream}:{md.num_delivered}",
+    }
+    await js.publish(spec.dlq_subject, msg.data, headers=headers, stream=DLQ_STREAM)
+
+
+def _from_raw(raw: Any) -> DeadLetter:
+    h = raw.headers or {}
+    seq = h.get(H_SEQ)
+    return DeadLetter(
+        seq=int(raw.seq),
+        subject=str(raw.subject),
+        queue=h.get(H_QUEUE, ""),
+        reason=h.get(H_REASON, ""),
+        code=h.get(H_CODE, ""),
+        deliveries=int(h.get(H_DELIVERIES, "0") or 0),
+        failed_at=h.get(H_FAILED_AT, ""),
+        tenant_id=h.get(H_TENANT, ""),
+        uri=h.get(H_URI, ""),
+        source_stream=h.get(H_STREAM, ""),
+        source_seq=int(seq) if seq and seq.isdigit() else None,
+        data=raw.data or b"",
+    )
+
+
+async def count(js: JetStreamContext) -> int:
+    """Dead letters currently held (0 if the stream does not exist yet)."""
+    try:
+        info = await js.stream_info(DLQ_STREAM)
+    except NotFoundError:
+        return 0
+    return int(info.state.messages)
+
+
+async def list_dead_letters(js: JetStreamContext, limit: int | None = None) -> list[DeadLetter]:
+    """The dead letters, oldest first (deleted sequence numbers are skipped)."""
+    try:
+        info = await js.stream_info(DLQ_STREAM)
+    except NotFoundError:
+        return []
+    out: list[DeadLetter] = []
+    if info.state.messages == 0:
+        return out
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        if limit is not None and len(out) >= limit:
+            break
+        try:
+            raw = await js.get_msg(DLQ_STREAM, seq)
+        except NotFoundError:
+            continue
+        out.append(_from_raw(raw))
+    return out
+
+
+def replay_subject(letter: DeadLetter) -> str:
+    """Where a dead letter goes back to: self-test letters to the test queue (never production),
+    everything else to the main events subject, to be routed again by its current size."""
+    if letter.queue == TEST.name:
+        return TEST.subject
+    return EVENTS_SUBJECT
+
+
+async def replay(js: JetStreamContext, seqs: list[int] | None = None) -> list[DeadLetter]:
+    """Republish dead letters (all, or the given sequence numbers) and delete them from the DLQ.
+
+    Each is deleted only after its republish is confirmed, so a crash in between duplicates at
+    worst (the pipeline is idempotent), never loses.
+    """
+    if seqs is None:
+        letters = await list_dead_letters(js)
+    else:
+        letters = []
+        for seq in seqs:
+            try:
+                letters.append(_from_raw(await js.get_msg(DLQ_STREAM, seq)))
+            except NotFoundError:
+                raise LookupError(f"no dead letter with sequence {seq} in {DLQ_STREAM}") from None
+    done: list[DeadLetter] = []
+    for letter in letters:
+        await js.publish(
+            replay_subject(letter),
+            letter.data,
+            headers={"Nats-Msg-Id": f"replay:{letter.seq}:{time.time_ns()}"},
+        )
+        await js.delete_msg(DLQ_STREAM, letter.seq)
+        done.append(letter)
+    return done
+
+
+__all__ = [
+    "DLQ_STREAM",
+    "DLQ_SUBJECT_PREFIX",
+    "DeadLetter",
+    "count",
+    "dead_letter",
+    "list_dead_letters",
+    "replay",
+    "replay_subject",
+]

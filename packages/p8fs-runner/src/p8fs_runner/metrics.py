@@ -1,0 +1,145 @@
+"""Prometheus metrics and the Kubernetes probes, served on ``P8FS_METRICS_PORT`` (default 9090).
+
+``/metrics`` is the Prometheus text format; ``/healthz`` answers 200 while the process's event
+loop runs (a wedged loop fails the liveness probe); ``/readyz`` answers 200 only while the process
+is connected to NATS and its database answered, so a worker that lost its broker stops receiving
+traffic from nobody but also shows up as not ready. The server is a few lines of asyncio rather
+than a web framework: a worker's start must stay fast and its image small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9090
+
+PROCESSED = Counter(
+    "p8fs_files_processed_total", "Events processed and acknowledged, per tier.", ["tier"]
+)
+FAILED = Counter(
+    "p8fs_files_failed_total",
+    "Failed deliveries per tier and kind (transient: retried later; permanent: dead-lettered).",
+    ["tier", "kind"],
+)
+REDELIVERED = Counter(
+    "p8fs_messages_redelivered_total",
+    "Deliveries received that were not the first delivery of their message.",
+    ["tier"],
+)
+DEAD_LETTERED = Counter(
+    "p8fs_dead_letters_total", "Events published to the dead-letter stream.", ["tier"]
+)
+BYTES = Counter("p8fs_bytes_processed_total", "Bytes of files processed, per tier.", ["tier"])
+SECONDS = Histogram(
+    "p8fs_processing_seconds",
+    "Seconds spent processing one event, per tier.",
+    ["tier"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
+IN_FLIGHT = Gauge("p8fs_in_flight", "Events being processed right now, per tier.", ["tier"])
+ROUTED = Counter("p8fs_events_routed_total", "Events routed by the router, per tier.", ["tier"])
+
+ReadyCheck = Callable[[], Awaitable[bool]]
+
+_RESPONSES = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
+
+
+def metrics_port() -> int | None:
+    """``P8FS_METRICS_PORT``: a port, ``0`` for any free one, ``off`` (or negative) for none."""
+    raw = os.environ.get("P8FS_METRICS_PORT", "").strip().lower()
+    if not raw:
+        return DEFAULT_PORT
+    if raw in ("off", "none", "false", "no"):
+        return None
+    port = int(raw)
+    return None if port < 0 else port
+
+
+class ProbeServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` over plain HTTP/1.1 on one port."""
+
+    def __init__(self, ready: ReadyCheck | None = None, host: str = "0.0.0.0") -> None:
+        self.ready = ready
+        self.host = host
+        self.port: int | None = None
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self, port: int) -> int:
+        """Listen on ``port`` (0: any free port); returns the bound port."""
+        self._server = await asyncio.start_server(self._handle, self.host, port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        log.info("metrics and probes on http://%s:%d/metrics", self.host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _is_ready(self) -> bool:
+        if self.ready is None:
+            return True
+        try:
+            return await asyncio.wait_for(self.ready(), timeout=2.0)
+        except Exception:
+            return False
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), timeout=5.0)
+            while (await asyncio.wait_for(reader.readline(), timeout=5.0)) not in (
+                b"\r\n",
+                b"\n",
+                b"",
+            ):
+                pass
+            parts = request.decode("latin-1").split()
+            path = parts[1].split("?", 1)[0] if len(parts) >= 2 else "/"
+            content_type = "text/plain; charset=utf-8"
+            if path == "/metrics":
+                status, body, content_type = 200, generate_latest(), CONTENT_TYPE_LATEST
+            elif path == "/healthz":
+                status, body = 200, b"ok\n"
+            elif path == "/readyz":
+                ok = await self._is_ready()
+                status, body = (200, b"ready\n") if ok else (503, b"not ready\n")
+            else:
+                status, body = 404, b"not found\n"
+            head = (
+                f"HTTP/1.1 {status} {_RESPONSES[status]}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode("latin-1") + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def start_probe_server(
+    ready: ReadyCheck | None, port: int | None = None
+) -> ProbeServer | None:
+    """Start the probe server on ``port`` (default ``P8FS_METRICS_PORT``), or not at all for 0.
+
+    A port already taken (two workers on one laptop) is logged, not fatal: metrics are not worth
+    refusing to process files.
+    """
+    port = metrics_port() if port is None else port
+    if port is None or port < 0:
+        return None
+    server = ProbeServer(ready)
+    try:
+        await server.start(port)
+    except OSError as exc:
+        log.warning("metrics server not started on port %d: %s", port, exc)
+        return None
+    return server
