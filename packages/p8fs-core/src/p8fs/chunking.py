@@ -394,3 +394,152 @@ class TokenChunker(Chunker):
             if space is not None and space.end() < len(text):
                 start = space.end()
         return text[start:]
+
+
+# --------------------------------------------------------------------------------------------
+# The record chunker.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Record:
+    """One record as it appears in the document: its text plus the separator after it."""
+
+    text: str
+    tokens: int
+    span: _Span
+
+
+class RecordChunker(Chunker):
+    """Packs whole records (one section each: a transcript segment, a list item) into chunks.
+
+    A record is never split: agents reason about a speaker turn or a JSON item as a whole. The
+    unit that is packed is a record's text *with* the :data:`SECTION_SEPARATOR` that follows it
+    in the document (the last record has none), so chunk texts concatenate back to the
+    document exactly. Records are added while the chunk's real token count stays within
+    ``max_tokens``; a record that alone exceeds the limit goes into a chunk of its own, whole,
+    with ``metadata["oversized"] = True`` (the one way a chunk can exceed the limit here).
+
+    Overlap is in whole records: with ``overlap_tokens > 0`` each chunk starts by repeating the
+    last records of the previous chunk whose token counts add up to at most ``overlap_tokens``
+    (never all of them, and dropped when they would push the chunk over the limit). The default
+    here is no overlap, since repeated turns would be counted twice by agents that merge
+    results. ``metadata["records"]`` is ``[first, last]``, the ordinals of the records in the
+    chunk (overlap included).
+    """
+
+    name = "records"
+
+    def __init__(
+        self, max_tokens: int = 512, overlap_tokens: int = 0, encoding: str = "o200k_base"
+    ) -> None:
+        super().__init__(max_tokens, overlap_tokens, encoding)
+
+    def chunk(self, sections: Iterable[Section]) -> Iterator[Chunk]:
+        tokenizer = get_tokenizer(self.encoding)  # unknown encoding: ConfigurationError now
+        return self._chunks(sections, tokenizer)
+
+    def _chunks(self, sections: Iterable[Section], tk: Tokenizer) -> Iterator[Chunk]:
+        packer = _RecordPacker(self, tk)
+        previous: Section | None = None
+        offset = 0
+        ordinal = 0
+        for section in sections:
+            if previous is not None:
+                yield from packer.add(self._record(previous, offset, ordinal, tk, last=False))
+                offset += len(previous.text) + len(SECTION_SEPARATOR)
+                ordinal += 1
+            if not isinstance(section.text, str):
+                raise TypeError(
+                    f"section {ordinal + (previous is not None)} has text of type "
+                    f"{type(section.text).__name__}, not str"
+                )
+            previous = section
+        if previous is not None:
+            yield from packer.add(self._record(previous, offset, ordinal, tk, last=True))
+        yield from packer.finish()
+
+    @staticmethod
+    def _record(section: Section, offset: int, ordinal: int, tk: Tokenizer, last: bool) -> _Record:
+        text = section.text if last else section.text + SECTION_SEPARATOR
+        span = _Span(offset, offset + len(section.text), section.metadata or {}, ordinal)
+        return _Record(text, tk.count(text), span)
+
+
+class _RecordPacker:
+    """The chunk being filled by :class:`RecordChunker`; the first ``repeated`` are overlap."""
+
+    def __init__(self, chunker: RecordChunker, tk: Tokenizer) -> None:
+        self.max_tokens = chunker.max_tokens
+        self.overlap_tokens = chunker.overlap_tokens
+        self.encoding = chunker.encoding
+        self.tk = tk
+        self.records: list[_Record] = []
+        self.repeated = 0
+        self.total = 0  # sum of the records' own counts: the estimate that decides packing
+        self.index = 0
+
+    def add(self, record: _Record) -> Iterator[Chunk]:
+        fresh = len(self.records) > self.repeated
+        if fresh and record.text and self.total + record.tokens > self.max_tokens:
+            yield from self._flush()
+        while self.repeated and self.total + record.tokens > self.max_tokens:
+            self._drop_first()  # repeated records make room for new ones
+        self.records.append(record)
+        self.total += record.tokens
+
+    def finish(self) -> Iterator[Chunk]:
+        while len(self.records) > self.repeated:
+            yield from self._flush()
+
+    def _drop_first(self) -> None:
+        self.total -= self.records.pop(0).tokens
+        self.repeated -= 1
+
+    def _flush(self) -> Iterator[Chunk]:
+        carried: list[_Record] = []
+        while True:
+            text = "".join(r.text for r in self.records)
+            tokens = self.tk.count(text)
+            if tokens <= self.max_tokens:
+                break
+            if self.repeated:
+                self._drop_first()
+            elif len(self.records) > 1:  # the estimate was optimistic: move a record on
+                carried.insert(0, self.records.pop())
+                self.total -= carried[0].tokens
+            else:
+                break  # one record alone over the limit: oversized, kept whole
+        records = self.records
+        overlap = sum(len(r.text) for r in records[: self.repeated])
+        if len(text) > overlap:  # an empty last record adds no text and no chunk
+            start = records[0].span.start
+            end = records[-1].span.start + len(records[-1].text)
+            metadata = _chunk_metadata(
+                (r.span for r in records),
+                start,
+                end,
+                records[self.repeated].span.start,
+                self.encoding,
+            )
+            metadata["records"] = [records[0].span.ordinal, records[-1].span.ordinal]
+            if tokens > self.max_tokens:
+                metadata["oversized"] = True
+            yield Chunk(text, self.index, tokens, overlap, metadata)
+            self.index += 1
+        self._keep_overlap()
+        for record in carried:
+            yield from self.add(record)
+
+    def _keep_overlap(self) -> None:
+        """Start the next chunk with the trailing records that fit in ``overlap_tokens``."""
+        keep = 0
+        budget = self.overlap_tokens
+        for record in reversed(self.records[1:]):
+            if record.tokens > budget:
+                break
+            budget -= record.tokens
+            keep += 1
+        self.records = self.records[len(self.records) - keep :] if keep else []
+        self.repeated = keep
+        self.total = sum(r.tokens for r in self.records)

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from p8fs import hookimpl
-from p8fs.chunking import Chunker, TokenChunker
+from p8fs.chunking import Chunker, RecordChunker, TokenChunker
 
 
 @hookimpl
 def p8fs_register_chunkers(register: Callable[[type[Chunker]], None]) -> None:
     register(TokenChunker)
+    register(RecordChunker)
 
 
 __all__ = ["p8fs_register_chunkers"]
