@@ -66,8 +66,8 @@ def choose_provider(registry: Registry, mime_type: str, filename: str) -> type[C
     octet-stream) whose bytes say less than the name does."""
     ext = extension_of(filename)
     if mime_type in GENERIC_MIME_TYPES and ext and registry.providers_for_extension(ext):
-        return registry.provider_for(None, ext)  # type: ignore[no-any-return]
-    return registry.provider_for(mime_type, ext)  # type: ignore[no-any-return]
+        return registry.provider_for(None, ext)
+    return registry.provider_for(mime_type, ext)
 
 
 def resource_name(filename: str, index: int) -> str:

@@ -33,7 +33,7 @@ import pluggy
 
 from p8fs import hookspecs
 from p8fs.errors import PluginError
-from p8fs.registry import Registry, RegistrationProblem
+from p8fs.registry import RegistrationProblem, Registry
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,9 @@ def load_plugins() -> Plugins:
     for hook_name, method in REGISTRATION_HOOKS.items():
         add = getattr(registry, method)
 
-        def kwargs_for(plugin_name: str, add: Callable[..., None] = add) -> dict[str, Any]:
+        def kwargs_for(
+            plugin_name: str, add: Callable[..., None] = add, hook_name: str = hook_name
+        ) -> dict[str, Any]:
             def register(cls: type[Any]) -> None:
                 try:
                     add(cls, plugin_name)

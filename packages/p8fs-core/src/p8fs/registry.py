@@ -7,7 +7,7 @@ dictionary reads, so no hook ever sits on the hot path of processing a file.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -88,7 +88,7 @@ class NamedRegistry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and (name in self._items or name in self._aliases)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Registration[T]]:
         return iter(self._items.values())
 
     def __len__(self) -> int:

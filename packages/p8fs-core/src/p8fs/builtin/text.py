@@ -53,7 +53,7 @@ class TextProvider(ContentProvider):
             stream: BinaryIO
             path = source_path(source)
             if path is not None:
-                stream = stack.enter_context(open(path, "rb"))  # noqa: SIM115
+                stream = stack.enter_context(open(path, "rb"))
             else:
                 stream = source  # type: ignore[assignment]
             markdown = (context.mime_type or "").endswith("markdown") or context.filename.lower().endswith(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -17,7 +18,7 @@ def plugins(as_json: bool) -> None:
     from p8fs.plugins import get_plugins
 
     loaded = get_plugins()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, info in loaded.info.items():
         rows.append({
             "name": name,
@@ -61,7 +62,7 @@ def providers(as_json: bool) -> None:
     from p8fs.plugins import get_registry
 
     registry = get_registry()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for reg in sorted(registry.providers, key=lambda r: r.name):
         cls = reg.cls
         missing = cls.missing_requirements()
