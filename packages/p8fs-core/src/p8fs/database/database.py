@@ -1,0 +1,498 @@
+"""The repository every part of p8fs stores through: one class, three dialects, real transactions.
+
+:class:`Database` wraps one SQLAlchemy async engine. Each public method is one transaction and
+is scoped to a tenant wherever the table has one, so no call can read or overwrite another
+tenant's rows (the tenant also leads every primary key: even a colliding id stays separate).
+
+Failures are sorted for the queue (see :mod:`p8fs.database.errors`): a database that is down,
+locked or deadlocked raises :class:`~p8fs.errors.TransientError` so the message is retried; a
+violated constraint raises SQLAlchemy's own ``IntegrityError`` and rolls everything back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from enum import Enum
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy import Table, case, delete, event, func, insert, select
+from sqlalchemy.dialects import mysql as mysql_dialect
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import URL, Row, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.expression import ColumnElement
+
+from p8fs.database import schema
+from p8fs.database.errors import classify, safe_url
+from p8fs.errors import ConfigurationError, InvalidPath
+from p8fs.ids import uri_hash
+from p8fs.models import ErrorRecord, FileRecord, Job, JobStatus, Moment, Resource, Session
+
+if TYPE_CHECKING:
+    from p8fs.settings import Settings
+
+RecordT = TypeVar("RecordT", bound=BaseModel)
+
+#: SQLite waits this long for another writer's lock before giving up (milliseconds).
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+#: URL backend names -> the dialect family this class speaks.
+_DIALECTS = {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+
+#: Columns holding JSON, per table (dumped in pydantic's JSON mode so nested datetimes survive).
+_JSON_COLUMNS: dict[str, frozenset[str]] = {
+    table.name: frozenset(c.name for c in table.columns if "JSON" in type(c.type).__name__.upper())
+    for table in schema.TABLES
+}
+
+
+def _json_dumps(value: Any) -> str:
+    # ensure_ascii=False keeps non-ASCII text readable in the database (and smaller).
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class Database:
+    """Async access to the p8fs tables on SQLite, PostgreSQL or TiDB/MySQL.
+
+    Construct it with a SQLAlchemy async URL (``sqlite+aiosqlite:///…``,
+    ``postgresql+asyncpg://…``, ``mysql+aiomysql://…``) or :meth:`from_settings`; call
+    :meth:`init_schema` once (it is idempotent) and :meth:`dispose` (or use ``async with``) at the
+    end. Creating the object does not connect.
+    """
+
+    url: str
+    dialect: str
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+        **engine_kwargs: Any,
+    ) -> None:
+        try:
+            parsed = make_url(url)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"P8FS_DATABASE_URL is not a valid SQLAlchemy URL: {type(exc).__name__}"
+            ) from exc
+        dialect = _DIALECTS.get(parsed.get_backend_name())
+        if dialect is None:
+            raise ConfigurationError(
+                f"unsupported database {safe_url(parsed)}: use sqlite+aiosqlite, "
+                "postgresql+asyncpg or mysql+aiomysql (P8FS_DATABASE_URL / P8FS_STORAGE_PROVIDER)"
+            )
+        self.url = url
+        self.dialect = dialect
+        self._url: URL = parsed
+        kwargs: dict[str, Any] = {"json_serializer": _json_dumps}
+        if dialect != "sqlite":
+            # A restarted server leaves dead connections in the pool: test them before use.
+            kwargs.update(pool_pre_ping=True, pool_recycle=1800)
+        if dialect == "mysql":
+            # UTC sessions, so CURRENT_TIMESTAMP defaults are UTC like every value we write.
+            connect_args: dict[str, Any] = {"init_command": "SET time_zone = '+00:00'"}
+            if "charset" not in parsed.query:
+                connect_args["charset"] = "utf8mb4"
+            kwargs["connect_args"] = connect_args
+            # InnoDB's REPEATABLE READ takes gap locks on DELETE … WHERE file_id = ?, so two
+            # files stored at once deadlock each other; READ COMMITTED takes none (TiDB's
+            # pessimistic mode supports it too).
+            kwargs["isolation_level"] = "READ COMMITTED"
+        extra_connect_args = engine_kwargs.pop("connect_args", None) or {}
+        kwargs.update(engine_kwargs)
+        if extra_connect_args:
+            kwargs["connect_args"] = {**kwargs.get("connect_args", {}), **extra_connect_args}
+        try:
+            self.engine: AsyncEngine = create_async_engine(parsed, **kwargs)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"the driver for {safe_url(parsed)} is not installed ({exc}); install "
+                "p8fs-core[postgresql] or p8fs-core[tidb]"
+            ) from exc
+        if dialect == "sqlite":
+            event.listen(
+                self.engine.sync_engine, "connect", _sqlite_pragmas(sqlite_busy_timeout_ms)
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Database:
+        """The database the settings point at; creates the SQLite file's folder if needed."""
+        if settings is None:
+            from p8fs.settings import get_settings
+
+            settings = get_settings()
+        url = settings.resolved_database_url()
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return cls(url)
+
+    def __repr__(self) -> str:
+        return f"Database({safe_url(self._url)!r})"
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with the password masked."""
+        return safe_url(self._url)
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def init_schema(self) -> None:
+        """Create the tables and indexes that do not exist yet (safe to run any number of times).
+
+        The statements are exactly :func:`~p8fs.database.schema.plan_ddl`'s, each with
+        ``IF NOT EXISTS``, so what ``--plan`` shows is what is applied.
+        """
+        statements = schema.ddl_statements(self.engine.dialect)
+        for attempt in range(3):
+            try:
+                async with self._begin() as conn:
+                    for statement in statements:
+                        await conn.exec_driver_sql(statement)
+                return
+            except Exception as exc:
+                # Two processes initialising at once can both pass IF NOT EXISTS on PostgreSQL
+                # and collide in its catalog; the second attempt then finds everything present.
+                if attempt == 2 or "already exists" not in str(exc):
+                    raise
+
+    async def existing_tables(self) -> list[str]:
+        """Which of the p8fs tables exist in the database now."""
+
+        def _names(sync_conn: Any) -> list[str]:
+            from sqlalchemy import inspect
+
+            present = set(inspect(sync_conn).get_table_names())
+            return [name for name in schema.TABLE_NAMES if name in present]
+
+        async with self._begin() as conn:
+            return await conn.run_sync(_names)
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.dispose()
+
+    @asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction; connection-level failures become ``TransientError``."""
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except Exception as exc:
+            typed = classify(exc, self._url)
+            if typed is None:
+                raise
+            raise typed from exc
+
+    # -- files and resources --------------------------------------------------------------
+
+    async def get_file(self, tenant_id: str, file_id: str) -> FileRecord | None:
+        t = schema.files
+        stmt = select(t).where(t.c.tenant_id == tenant_id, t.c.id == file_id)
+        async with self._begin() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else _to_model(FileRecord, row)
+
+    async def get_file_by_uri(self, tenant_id: str, uri: str) -> FileRecord | None:
+        t = schema.files
+        # The hash finds the row through the unique index; comparing the uri too guards against
+        # the (astronomically unlikely) collision.
+        stmt = select(t).where(t.c.tenant_id == tenant_id, t.c.uri_hash == uri_hash(uri))
+        async with self._begin() as conn:
+            rows = (await conn.execute(stmt)).all()
+        for row in rows:
+            if row.uri == uri:
+                return _to_model(FileRecord, row)
+        return None
+
+    async def store_file(self, file: FileRecord, resources: Sequence[Resource]) -> None:
+        """Upsert ``file`` and make ``resources`` its only resources, in one transaction.
+
+        Either the file row and all its new resources are committed, or nothing changes: a
+        failure half-way leaves the previous version intact.
+        """
+        file_row, resource_rows = self._file_rows(file, resources)
+        async with self._begin() as conn:
+            await self._store_file(conn, file_row, resource_rows)
+
+    async def replace_file(
+        self,
+        old_file_id: str,
+        tenant_id: str,
+        file: FileRecord,
+        resources: Sequence[Resource],
+    ) -> None:
+        """Delete file ``old_file_id`` (and its resources) and store ``file``, in one transaction.
+
+        A rename: the old path's rows disappear exactly when the new path's appear.
+        """
+        if file.tenant_id != tenant_id:
+            raise InvalidPath(
+                f"replace_file: file belongs to tenant {file.tenant_id!r}, not {tenant_id!r}",
+                tenant_id=tenant_id,
+            )
+        file_row, resource_rows = self._file_rows(file, resources)
+        async with self._begin() as conn:
+            await self._delete_file(conn, tenant_id, old_file_id)
+            await self._store_file(conn, file_row, resource_rows)
+
+    async def delete_file(self, tenant_id: str, file_id: str) -> bool:
+        """Remove a file and its resources; ``False`` when there was no such file."""
+        async with self._begin() as conn:
+            return await self._delete_file(conn, tenant_id, file_id)
+
+    async def list_files(self, tenant_id: str, limit: int = 1000) -> list[FileRecord]:
+        """A tenant's files, oldest upload first."""
+        t = schema.files
+        stmt = (
+            select(t)
+            .where(t.c.tenant_id == tenant_id)
+            .order_by(t.c.upload_timestamp, t.c.id)
+            .limit(limit)
+        )
+        return await self._fetch(FileRecord, stmt)
+
+    async def list_resources(
+        self,
+        tenant_id: str,
+        *,
+        file_id: str | None = None,
+        category: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[Resource]:
+        """A tenant's resources: one file's in chunk order, or all of them by creation time."""
+        t = schema.resources
+        stmt = select(t).where(t.c.tenant_id == tenant_id)
+        if file_id is not None:
+            stmt = stmt.where(t.c.file_id == file_id)
+        if category is not None:
+            stmt = stmt.where(t.c.category == category)
+        if file_id is not None:
+            stmt = stmt.order_by(t.c.ordinal, t.c.id)
+        elif newest_first:
+            stmt = stmt.order_by(t.c.created_at.desc(), t.c.file_id, t.c.ordinal, t.c.id)
+        else:
+            stmt = stmt.order_by(t.c.created_at, t.c.file_id, t.c.ordinal, t.c.id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return await self._fetch(Resource, stmt)
+
+    async def count(self, table: str, tenant_id: str | None = None) -> int:
+        """Rows in one of the p8fs tables, for one tenant or all."""
+        if table not in schema.TABLE_NAMES:
+            raise ValueError(f"unknown table {table!r}; known: {', '.join(schema.TABLE_NAMES)}")
+        t = schema.metadata.tables[table]
+        stmt = select(func.count()).select_from(t)
+        if tenant_id is not None:
+            stmt = stmt.where(t.c.tenant_id == tenant_id)
+        async with self._begin() as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
+    # -- errors ---------------------------------------------------------------------------
+
+    async def record_error(self, error: ErrorRecord) -> None:
+        """Store an error row (idempotent by id, so a redelivered failure is not doubled)."""
+        async with self._begin() as conn:
+            await self._upsert(conn, schema.errors, [_to_row(error, schema.errors)])
+
+    async def list_errors(
+        self, tenant_id: str | None = None, limit: int = 100
+    ) -> list[ErrorRecord]:
+        """Errors, newest first, of one tenant or of all (for operators)."""
+        t = schema.errors
+        stmt = select(t)
+        if tenant_id is not None:
+            stmt = stmt.where(t.c.tenant_id == tenant_id)
+        stmt = stmt.order_by(t.c.date.desc(), t.c.id).limit(limit)
+        return await self._fetch(ErrorRecord, stmt)
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    async def upsert_job(self, job: Job) -> None:
+        async with self._begin() as conn:
+            await self._upsert(conn, schema.jobs, [_to_row(job, schema.jobs)])
+
+    async def get_job(self, tenant_id: str, job_id: str) -> Job | None:
+        t = schema.jobs
+        stmt = select(t).where(t.c.tenant_id == tenant_id, t.c.id == job_id)
+        found = await self._fetch(Job, stmt)
+        return found[0] if found else None
+
+    async def list_jobs(
+        self,
+        *,
+        tenant_id: str | None = None,
+        job_type: str | None = None,
+        status: JobStatus | str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """Jobs in queue order (oldest first), filtered; without a tenant, across tenants."""
+        t = schema.jobs
+        stmt = select(t)
+        if tenant_id is not None:
+            stmt = stmt.where(t.c.tenant_id == tenant_id)
+        if job_type is not None:
+            stmt = stmt.where(t.c.job_type == job_type)
+        if status is not None:
+            stmt = stmt.where(t.c.status == JobStatus(status).value)
+        stmt = stmt.order_by(t.c.queued_at, t.c.id).limit(limit)
+        return await self._fetch(Job, stmt)
+
+    # -- sessions and moments -------------------------------------------------------------
+
+    async def upsert_session(self, session: Session) -> None:
+        async with self._begin() as conn:
+            await self._upsert(conn, schema.sessions, [_to_row(session, schema.sessions)])
+
+    async def list_sessions(self, tenant_id: str, limit: int = 100) -> list[Session]:
+        """A tenant's sessions, newest first (what the dreaming agent reads)."""
+        t = schema.sessions
+        stmt = (
+            select(t)
+            .where(t.c.tenant_id == tenant_id)
+            .order_by(t.c.created_at.desc(), t.c.id)
+            .limit(limit)
+        )
+        return await self._fetch(Session, stmt)
+
+    async def store_moments(self, moments: Sequence[Moment]) -> None:
+        """Upsert moments by id, all in one transaction."""
+        if not moments:
+            return
+        rows = [_to_row(m, schema.moments) for m in moments]
+        async with self._begin() as conn:
+            await self._upsert(conn, schema.moments, rows)
+
+    async def list_moments(self, tenant_id: str, limit: int = 1000) -> list[Moment]:
+        """A tenant's moments in time order (moments without a timestamp last)."""
+        t = schema.moments
+        no_time: ColumnElement[int] = case((t.c.resource_timestamp.is_(None), 1), else_=0)
+        stmt = (
+            select(t)
+            .where(t.c.tenant_id == tenant_id)
+            .order_by(no_time, t.c.resource_timestamp, t.c.created_at, t.c.id)
+            .limit(limit)
+        )
+        return await self._fetch(Moment, stmt)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _file_rows(
+        self, file: FileRecord, resources: Sequence[Resource]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Rows for a file and its resources, refusing resources that are not that file's."""
+        for resource in resources:
+            if resource.tenant_id != file.tenant_id:
+                raise InvalidPath(
+                    f"resource {resource.name!r} belongs to tenant {resource.tenant_id!r}, "
+                    f"its file to {file.tenant_id!r}",
+                    tenant_id=file.tenant_id,
+                )
+            if resource.file_id != file.id:
+                raise ValueError(
+                    f"resource {resource.name!r} has file_id {resource.file_id!r}, "
+                    f"not the stored file's {file.id!r}"
+                )
+        file_row = _to_row(file, schema.files)
+        file_row["uri_hash"] = uri_hash(file.uri)
+        return file_row, [_to_row(r, schema.resources) for r in resources]
+
+    async def _store_file(
+        self, conn: AsyncConnection, file_row: dict[str, Any], resource_rows: list[dict[str, Any]]
+    ) -> None:
+        r = schema.resources
+        await self._upsert(conn, schema.files, [file_row])
+        await conn.execute(
+            delete(r).where(r.c.tenant_id == file_row["tenant_id"], r.c.file_id == file_row["id"])
+        )
+        if resource_rows:
+            await conn.execute(insert(r), resource_rows)
+
+    async def _delete_file(self, conn: AsyncConnection, tenant_id: str, file_id: str) -> bool:
+        f, r = schema.files, schema.resources
+        # Resources go explicitly rather than by ON DELETE CASCADE: TiDB before 6.6 parses
+        # foreign keys without enforcing them.
+        await conn.execute(delete(r).where(r.c.tenant_id == tenant_id, r.c.file_id == file_id))
+        result = await conn.execute(delete(f).where(f.c.tenant_id == tenant_id, f.c.id == file_id))
+        return bool(result.rowcount)
+
+    async def _upsert(
+        self, conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]
+    ) -> None:
+        """INSERT … ON CONFLICT (tenant_id, id) DO UPDATE, or ON DUPLICATE KEY UPDATE on MySQL."""
+        key = {c.name for c in table.primary_key.columns}
+        columns = [c.name for c in table.columns if c.name not in key]
+        stmt: Any
+        if self.dialect == "mysql":
+            my = mysql_dialect.insert(table)
+            stmt = my.on_duplicate_key_update({name: my.inserted[name] for name in columns})
+        else:
+            ins = (pg_dialect if self.dialect == "postgresql" else sqlite_dialect).insert(table)
+            stmt = ins.on_conflict_do_update(
+                index_elements=[table.c[name] for name in sorted(key)],
+                set_={name: ins.excluded[name] for name in columns},
+            )
+        await conn.execute(stmt, rows)
+
+    async def _fetch(self, model: type[RecordT], stmt: Any) -> list[RecordT]:
+        async with self._begin() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [_to_model(model, row) for row in rows]
+
+
+def _to_row(record: BaseModel, table: Table) -> dict[str, Any]:
+    """A model as column values: JSON columns in JSON mode, enums as their values."""
+    json_columns = _JSON_COLUMNS[table.name]
+    row = record.model_dump(exclude=set(json_columns))
+    row.update(record.model_dump(mode="json", include=set(json_columns)))
+    for name, value in row.items():
+        if isinstance(value, Enum):
+            row[name] = value.value
+    return row
+
+
+def _to_model(model: type[RecordT], row: Row[Any]) -> RecordT:
+    data = {k: v for k, v in row._mapping.items() if k in model.model_fields}
+    # JSON columns written before a field existed (or by hand) may be NULL: let defaults apply.
+    for name in [k for k, v in data.items() if v is None]:
+        field = model.model_fields[name]
+        if not field.is_required() and field.default_factory is not None:
+            del data[name]
+    return model.model_validate(data)
+
+
+def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
+    """A connect hook: WAL (readers never block the writer), a busy timeout (a second writer
+    waits for the lock instead of failing at once) and foreign keys (off by default in SQLite).
+    """
+
+    def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    return on_connect
