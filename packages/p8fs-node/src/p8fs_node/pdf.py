@@ -32,7 +32,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from p8fs.errors import (
     CorruptDocument,
@@ -42,7 +42,6 @@ from p8fs.errors import (
     SourceNotFound,
 )
 from p8fs.providers import ContentProvider, ExtractContext, Section, Source, source_name
-
 from p8fs_node.ocr import DEFAULT_LANGUAGES, ocr_image, ocr_unavailable_reason
 
 if TYPE_CHECKING:
@@ -116,6 +115,7 @@ class PdfProvider(ContentProvider):
             with PDFIUM_LOCK:
                 page_count = len(doc)
                 _document_metadata(doc, context.metadata)
+                has_form = _init_forms(doc)
             context.metadata["pages"] = page_count
             context.metadata["engine"] = "pdfminer.six" if layout else "pypdfium2"
             if page_count > max_pages:
@@ -151,9 +151,14 @@ class PdfProvider(ContentProvider):
                     # pdfminer's text, unless it found none where pdfium found some.
                     if mined is not None and (mined.strip() or not text.strip()):
                         text = mined
+                fields = _form_field_text(doc, index) if has_form else ""
                 if text.strip():
                     yield Section(text, {"page": number, "kind": "page"})
+                    if fields:
+                        yield Section(fields, {"page": number, "kind": "form"})
                     continue
+                if fields:
+                    yield Section(fields, {"page": number, "kind": "form"})
                 without_text.append(number)
                 if not has_content or not ocr.enabled:
                     continue
@@ -174,7 +179,7 @@ def _password(value: Any) -> str | None:
 
 def _prepare_input(
     source: Source, stack: ExitStack, name: str
-) -> tuple[Path | _PositionedReader, Path | IO[bytes]]:
+) -> tuple[Path | _PositionedReader, Path | BinaryIO]:
     """What pdfium reads and what pdfminer reads (both lazily: nothing is loaded whole).
 
     A path is used as it is. A seekable file object (an s3fs file, say) is shared: pdfium reads
@@ -188,7 +193,7 @@ def _prepare_input(
         if path.stat().st_size == 0:
             raise EmptyDocument(f"{name} is empty (0 bytes)")
         return path, path
-    stream: IO[bytes] = source
+    stream: BinaryIO = source
     if not _seekable(stream):
         spool = stack.enter_context(tempfile.TemporaryFile(prefix="p8fs-pdf-"))
         shutil.copyfileobj(stream, spool, 1024 * 1024)
@@ -200,7 +205,7 @@ def _prepare_input(
     return reader, stream
 
 
-def _seekable(stream: IO[bytes]) -> bool:
+def _seekable(stream: BinaryIO) -> bool:
     try:
         return bool(stream.seekable())
     except (AttributeError, ValueError, OSError):
@@ -216,7 +221,7 @@ class _PositionedReader:
     mode) is not disturbed.
     """
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         start = stream.tell()
         self.size = stream.seek(0, io.SEEK_END)
@@ -301,8 +306,100 @@ def _document_metadata(doc: pypdfium2.PdfDocument, metadata: dict[str, Any]) -> 
         metadata["pdf_version"] = f"{version // 10}.{version % 10}"
     for key, value in doc.get_metadata_dict(skip_empty=True).items():
         target = _METADATA_KEYS.get(key)
-        if target and value.strip():
-            metadata[target] = value.strip().translate(_DROPPED)
+        value = value.strip().translate(_DROPPED)
+        if target and value:
+            metadata[target] = _pdf_date(value) if target in ("created", "modified") else value
+
+
+_PDF_DATE = re.compile(
+    r"^D:(?P<y>\d{4})(?P<mo>\d{2})?(?P<d>\d{2})?(?P<h>\d{2})?(?P<mi>\d{2})?(?P<s>\d{2})?"
+    r"(?P<tz>Z|[+-]\d{2}'?\d{2}'?)?"
+)
+
+
+def _pdf_date(value: str) -> str:
+    """A PDF date (``D:20220626105843+02'00'``) as ISO 8601, or unchanged if it is not one."""
+    match = _PDF_DATE.match(value)
+    if not match:
+        return value
+    part = match.groupdict()
+    iso = f"{part['y']}-{part['mo'] or '01'}-{part['d'] or '01'}"
+    iso += f"T{part['h'] or '00'}:{part['mi'] or '00'}:{part['s'] or '00'}"
+    tz = part["tz"]
+    if tz == "Z":
+        iso += "Z"
+    elif tz:
+        digits = tz[1:].replace("'", "")
+        iso += f"{tz[0]}{digits[:2]}:{digits[2:4]}"
+    return iso
+
+
+def _init_forms(doc: pypdfium2.PdfDocument) -> bool:
+    """Set up pdfium's form environment if the document has a form (before any page is loaded).
+
+    Filled-in form values live in widget annotations, not in the page's text layer; without
+    this, "Alice" typed into a "First Name" field would be lost.
+    """
+    import pypdfium2.raw as pdfium_c
+
+    if doc.get_formtype() == pdfium_c.FORMTYPE_NONE:
+        return False
+    doc.init_forms()
+    return True
+
+
+#: Form field types whose value is text worth keeping (text fields, combo and list boxes,
+#: check boxes and radio buttons when switched on).
+_VALUE_FIELD_TYPES = (
+    "FPDF_FORMFIELD_TEXTFIELD",
+    "FPDF_FORMFIELD_COMBOBOX",
+    "FPDF_FORMFIELD_LISTBOX",
+    "FPDF_FORMFIELD_CHECKBOX",
+    "FPDF_FORMFIELD_RADIOBUTTON",
+)
+
+
+def _form_field_text(doc: pypdfium2.PdfDocument, index: int) -> str:
+    """The filled-in form fields of page ``index`` as ``name: value`` lines (``""`` if none)."""
+    import pypdfium2.raw as pdfium_c
+
+    wanted = {getattr(pdfium_c, name) for name in _VALUE_FIELD_TYPES if hasattr(pdfium_c, name)}
+    lines: list[str] = []
+    with PDFIUM_LOCK:
+        formenv = doc.formenv
+        page = doc[index]
+        try:
+            for position in range(pdfium_c.FPDFPage_GetAnnotCount(page)):
+                annot = pdfium_c.FPDFPage_GetAnnot(page, position)
+                try:
+                    if pdfium_c.FPDFAnnot_GetSubtype(annot) != pdfium_c.FPDF_ANNOT_WIDGET:
+                        continue
+                    if pdfium_c.FPDFAnnot_GetFormFieldType(formenv, annot) not in wanted:
+                        continue
+                    value = _wide_string(pdfium_c.FPDFAnnot_GetFormFieldValue, formenv, annot)
+                    if not value.strip() or value == "Off":
+                        continue
+                    name = _wide_string(pdfium_c.FPDFAnnot_GetFormFieldName, formenv, annot)
+                    lines.append(f"{name}: {value}" if name else value)
+                finally:
+                    pdfium_c.FPDFPage_CloseAnnot(annot)
+        finally:
+            page.close()
+    return normalize_pdfium_text("\n".join(lines))
+
+
+def _wide_string(function: Any, *args: Any) -> str:
+    """Call one of pdfium's "fill a UTF-16 buffer, return its byte size" functions."""
+    import ctypes
+
+    import pypdfium2.raw as pdfium_c
+
+    size = int(function(*args, None, 0))
+    if size <= 2:
+        return ""
+    buffer = ctypes.create_string_buffer(size)
+    function(*args, ctypes.cast(buffer, ctypes.POINTER(pdfium_c.FPDF_WCHAR)), size)
+    return buffer.raw[: size - 2].decode("utf-16-le", errors="replace")
 
 
 def _pdfium_page_text(doc: pypdfium2.PdfDocument, index: int) -> tuple[str, bool]:
@@ -328,7 +425,7 @@ def _pdfium_page_text(doc: pypdfium2.PdfDocument, index: int) -> tuple[str, bool
 
 
 def _pdfminer_page_texts(
-    source: Path | IO[bytes], password: str | None, page_count: int, context: ExtractContext
+    source: Path | BinaryIO, password: str | None, page_count: int, context: ExtractContext
 ) -> Iterator[str | None]:
     """Each page's text in pdfminer.six's layout reading order, one page at a time.
 
@@ -342,7 +439,7 @@ def _pdfminer_page_texts(
     from pdfminer.pdfpage import PDFPage
 
     with ExitStack() as stack:
-        fp: IO[bytes] = (
+        fp: BinaryIO = (
             stack.enter_context(open(source, "rb")) if isinstance(source, Path) else source
         )
         resources = PDFResourceManager(caching=True)
