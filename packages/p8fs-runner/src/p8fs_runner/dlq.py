@@ -72,6 +72,38 @@ class DeadLetter:
         return out
 
 
+async def publish_dead_letter(
+    js: JetStreamContext,
+    spec: QueueSpec,
+    data: bytes,
+    *,
+    source_stream: str,
+    source_seq: int,
+    deliveries: int,
+    reason: str,
+    code: str,
+    tenant_id: str = "",
+    uri: str = "",
+) -> None:
+    """Publish an event's original payload and the failure to the dead-letter stream, and wait
+    for the broker's confirmation (the caller removes the source only after this returns)."""
+    headers = {
+        H_QUEUE: spec.name,
+        H_STREAM: source_stream,
+        H_SEQ: str(source_seq),
+        H_REASON: _header_value(reason) or "unknown",
+        H_CODE: _header_value(code) or "error",
+        H_DELIVERIES: str(deliveries),
+        H_FAILED_AT: datetime.now(UTC).isoformat(),
+        H_TENANT: _header_value(tenant_id),
+        H_URI: _header_value(uri),
+        # Dead-lettering the same message twice (a retry after a lost PubAck, or the advisory
+        # path racing the worker) stores it once.
+        "Nats-Msg-Id": f"dlq:{source_stream}:{source_seq}",
+    }
+    await js.publish(spec.dlq_subject, data, headers=headers, stream=DLQ_STREAM)
+
+
 async def dead_letter(
     js: JetStreamContext,
     spec: QueueSpec,
@@ -82,23 +114,95 @@ async def dead_letter(
     tenant_id: str = "",
     uri: str = "",
 ) -> None:
-    """Publish ``msg``'s payload and the failure to the dead-letter stream and wait for the
-    broker's confirmation. The caller terms the source message only after this returns."""
+    """Dead-letter a delivered message (the caller then ``term``s it)."""
     md = msg.metadata
-    headers = {
-        H_QUEUE: spec.name,
-        H_STREAM: md.stream,
-        H_SEQ: str(md.sequence.stream),
-        H_REASON: _header_value(reason) or "unknown",
-        H_CODE: _header_value(code) or "error",
-        H_DELIVERIES: str(md.num_delivered),
-        H_FAILED_AT: datetime.now(UTC).isoformat(),
-        H_TENANT: _header_value(tenant_id),
-        H_URI: _header_value(uri),
-        # Dead-lettering the same delivery twice (a retry after a lost PubAck) stores it once.
-        "Nats-Msg-Id": f"dlq:{md.stream}:{md.sequence.stream}:{md.num_delivered}",
-    }
-    await js.publish(spec.dlq_subject, msg.data, headers=headers, stream=DLQ_STREAM)
+    await publish_dead_letter(
+        js,
+        spec,
+        msg.data,
+        source_stream=md.stream,
+        source_seq=md.sequence.stream,
+        deliveries=md.num_delivered,
+        reason=reason,
+        code=code,
+        tenant_id=tenant_id,
+        uri=uri,
+    )
+
+
+#: Where nats-server announces a message whose deliveries ran out (core NATS, not stored).
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>"
+
+
+async def dead_letter_exhausted(
+    js: JetStreamContext, advisory: dict[str, Any], queues: dict[str, QueueSpec]
+) -> DeadLetter | None:
+    """Dead-letter a message whose ``max_deliver`` ran out without any worker settling it.
+
+    That happens when every delivery crashed or hung its worker (killed for memory, a stuck
+    native library): nobody was alive to dead-letter it, and JetStream leaves such a message in
+    the work-queue stream forever, announcing it only by an advisory. The router listens to the
+    advisory and moves the message to the dead-letter stream. Returns ``None`` for advisories
+    about other streams or messages already gone.
+    """
+    stream = str(advisory.get("stream", ""))
+    spec = queues.get(stream)
+    seq = advisory.get("stream_seq")
+    if spec is None or not isinstance(seq, int):
+        return None
+    try:
+        raw = await js.get_msg(stream, seq)
+    except NotFoundError:
+        return None  # settled meanwhile (a late ack, or another router replica)
+    deliveries = int(advisory.get("deliveries") or spec.max_deliver)
+    reason = (
+        f"no worker settled this event in {deliveries} deliveries "
+        "(each one crashed or stopped heartbeating)"
+    )
+    tenant_id, uri = _event_identity(raw.data or b"")
+    await publish_dead_letter(
+        js,
+        spec,
+        raw.data or b"",
+        source_stream=stream,
+        source_seq=seq,
+        deliveries=deliveries,
+        reason=reason,
+        code="max_deliveries",
+        tenant_id=tenant_id,
+        uri=uri,
+    )
+    try:
+        await js.delete_msg(stream, seq)
+    except NotFoundError:
+        pass
+    return DeadLetter(
+        seq=0,
+        subject=spec.dlq_subject,
+        queue=spec.name,
+        reason=reason,
+        code="max_deliveries",
+        deliveries=deliveries,
+        failed_at=datetime.now(UTC).isoformat(),
+        tenant_id=tenant_id,
+        uri=uri,
+        source_stream=stream,
+        source_seq=seq,
+        data=raw.data or b"",
+    )
+
+
+def _event_identity(data: bytes) -> tuple[str, str]:
+    """Tenant and URI of an event payload, if it parses (best effort, for the record)."""
+    try:
+        from p8fs_runner.events import parse_event
+
+        event = parse_event(data)
+    except Exception:
+        return "", ""
+    if event is None:
+        return "", ""
+    return event.tenant_id, event.uri
 
 
 def _from_raw(raw: Any) -> DeadLetter:
@@ -187,10 +291,13 @@ async def replay(js: JetStreamContext, seqs: list[int] | None = None) -> list[De
 __all__ = [
     "DLQ_STREAM",
     "DLQ_SUBJECT_PREFIX",
+    "MAX_DELIVERIES_ADVISORY",
     "DeadLetter",
     "count",
     "dead_letter",
+    "dead_letter_exhausted",
     "list_dead_letters",
+    "publish_dead_letter",
     "replay",
     "replay_subject",
 ]

@@ -1,4 +1,5 @@
-"""Prometheus metrics and the Kubernetes probes, served on ``P8FS_METRICS_PORT`` (default 9090).
+"""Prometheus metrics and the Kubernetes probes, served on ``P8FS_METRICS_PORT`` (default 9090,
+0 turns the server off).
 
 ``/metrics`` is the Prometheus text format; ``/healthz`` answers 200 while the process's event
 loop runs (a wedged loop fails the liveness probe); ``/readyz`` answers 200 only while the process
@@ -11,14 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PORT = 9090
 
 PROCESSED = Counter(
     "p8fs_files_processed_total", "Events processed and acknowledged, per tier.", ["tier"]
@@ -49,17 +47,6 @@ ROUTED = Counter("p8fs_events_routed_total", "Events routed by the router, per t
 ReadyCheck = Callable[[], Awaitable[bool]]
 
 _RESPONSES = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
-
-
-def metrics_port() -> int | None:
-    """``P8FS_METRICS_PORT``: a port, ``0`` for any free one, ``off`` (or negative) for none."""
-    raw = os.environ.get("P8FS_METRICS_PORT", "").strip().lower()
-    if not raw:
-        return DEFAULT_PORT
-    if raw in ("off", "none", "false", "no"):
-        return None
-    port = int(raw)
-    return None if port < 0 else port
 
 
 class ProbeServer:
@@ -133,8 +120,7 @@ async def start_probe_server(
     A port already taken (two workers on one laptop) is logged, not fatal: metrics are not worth
     refusing to process files.
     """
-    port = metrics_port() if port is None else port
-    if port is None or port < 0:
+    if port <= 0:
         return None
     server = ProbeServer(ready)
     try:

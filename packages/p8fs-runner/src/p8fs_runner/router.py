@@ -203,7 +203,7 @@ class Router:
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(self.spec.batch, timeout=fetch_timeout)
-            except (NatsTimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeoutError):
                 continue  # an empty fetch raises plain asyncio.TimeoutError too (measured)
             stats = await self.route(msgs)
             log.debug("routed %s", stats)

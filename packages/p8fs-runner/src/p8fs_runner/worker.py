@@ -83,6 +83,8 @@ class WorkerStats:
     ignored: int = 0
     interrupted: int = 0
     results: list[dict[str, Any]] = field(default_factory=list)
+    #: One entry per failed delivery: uri, reason, code, permanent (dead-lettered) or not.
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Worker:
@@ -157,7 +159,7 @@ class Worker:
                     self.first_fetch_at = time.monotonic()
                 try:
                     msgs = await sub.fetch(want, timeout=fetch_timeout)
-                except (NatsTimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, NatsTimeoutError):
                     continue  # an empty fetch may raise either (measured)
                 if ready_task is not None:
                     try:
@@ -256,6 +258,15 @@ class Worker:
         except Exception as exc:
             metrics.SECONDS.labels(tier).observe(time.monotonic() - started)
             last = self.spec.is_last_delivery(md.num_delivered)
+            self.stats.failures.append(
+                {
+                    "uri": event.uri,
+                    "reason": str(exc),
+                    "code": error_code(exc),
+                    "permanent": is_permanent(exc) or last,
+                    "delivery": md.num_delivered,
+                }
+            )
             if is_permanent(exc) or last:
                 metrics.FAILED.labels(tier, "permanent").inc()
                 job.error = f"{error_code(exc)}: {exc}"

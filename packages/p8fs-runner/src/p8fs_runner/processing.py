@@ -1,0 +1,85 @@
+"""What a worker does with one storage event: the core pipeline, bound to one database.
+
+The runner owns no processing logic: create and update events ingest the object
+(``p8fs.pipeline.aingest``, streamed from S3), delete events remove the file's rows, rename
+events move them (or ingest the new name when nothing was stored under the old one).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from p8fs.database import Database
+    from p8fs.settings import Settings
+    from p8fs_runner.events import StorageEvent
+
+
+class PipelineProcessor:
+    """Calls the pipeline for each event; its return value becomes the job's ``result``."""
+
+    def __init__(
+        self,
+        database: Database,
+        settings: Settings,
+        *,
+        storage_options: dict[str, Any] | None = None,
+        process: str = "storage-worker",
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.database = database
+        self.settings = settings
+        self.process = process
+        self.options = options
+        if storage_options is None:
+            from p8fs.storage import storage_options_from_settings
+
+            storage_options = storage_options_from_settings(settings)
+        self.storage_options = storage_options
+
+    async def __call__(self, event: StorageEvent) -> dict[str, Any]:
+        from p8fs.pipeline import adelete, arename
+
+        if event.event_type == "delete":
+            removed = await adelete(event.uri, event.tenant_id, database=self.database)
+            return {"action": "delete", "removed": bool(removed)}
+        if event.event_type == "rename":
+            old = event.old_uri
+            if old is not None and old != event.uri:
+                moved = await arename(old, event.uri, event.tenant_id, database=self.database)
+                if moved is not None:
+                    return {"action": "rename", "from": old, "file_id": moved.id}
+            # Nothing stored under the old name (or no old name): process the new one.
+        return await self._ingest(event)
+
+    async def _ingest(self, event: StorageEvent) -> dict[str, Any]:
+        from p8fs.pipeline import aingest
+
+        try:
+            result = await aingest(
+                event.uri,
+                event.tenant_id,
+                database=self.database,
+                settings=self.settings,
+                storage_options=self.storage_options,
+                # Per-event facts such as an encrypted PDF's password ride in the event.
+                options={**(self.options or {}), **event.metadata} or None,
+                process=self.process,
+                record_errors=True,
+            )
+        except Exception as exc:
+            # aingest wrote the errors row; tell the worker not to write a second one.
+            try:
+                exc.recorded = True  # type: ignore[attr-defined]
+            except AttributeError:  # pragma: no cover - exotic exception types
+                pass
+            raise
+        return {
+            "action": "ingest",
+            "file_id": result.file.id,
+            "chunks": result.chunks,
+            "skipped": result.skipped,
+            "provider": result.provider,
+            "seconds": round(result.seconds, 3),
+            "bytes": result.file.file_size,
+        }

@@ -1,0 +1,261 @@
+"""The self-test: upload a file to SeaweedFS, publish its event to the TEST queue, pull it and
+process it, printing the seed's three steps and the SQL to check the result.
+
+It exercises the same path as production (the object is read back through the S3 API, the event
+goes through JetStream, the worker settles it) but only on ``P8FS_STORAGE_EVENTS_TEST`` /
+``test-workers``, never on a production tier. With nothing configured it runs on embedded
+services (``nats-server``, ``weed mini``) and SQLite, which makes it the README's first command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mimetypes
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from p8fs_runner import tiers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from p8fs_runner.settings import RunnerSettings
+
+#: The seed's tenant and key prefix: ``s3://tenant-test/test/Sample.pdf`` for tenant ``tenant-test``.
+SELFTEST_TENANT = "tenant-test"
+SELFTEST_PREFIX = "test"
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class SelfTestResult:
+    """What the self-test did (the CLI's exit code is ``0`` iff ``ok``)."""
+
+    ok: bool
+    uri: str
+    size: int
+    chunks: int = 0
+    seconds: float = 0.0
+    provider: str | None = None
+    reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def sample_event(
+    bucket: str, key: str, size: int, mime_type: str, tenant_id: str
+) -> dict[str, Any]:
+    """The event the self-test publishes: the seed's ``nats pub`` shape with the filer path of
+    the object (``/buckets/<bucket>/<key>``) and an explicit tenant."""
+    return {
+        "event_type": "create",
+        "path": f"/buckets/{bucket}/{key}",
+        "size": size,
+        "mime_type": mime_type,
+        "tenant_id": tenant_id,
+        "bucket": bucket,
+        "key": key,
+        "entry": {"Size": size, "Mime": mime_type},
+        "source": "self-test",
+    }
+
+
+def verify_sql(settings: RunnerSettings, tenant_id: str) -> list[str]:
+    """The seed's verification query, as a command for the configured database."""
+    query = (
+        "SELECT name, category, length(content) AS size FROM resources "
+        f"WHERE tenant_id = '{tenant_id}' ORDER BY created_at DESC LIMIT 5;"
+    )
+    url = settings.resolved_database_url()
+    if url.startswith("sqlite"):
+        return [f"sqlite3 {settings.sqlite_path()} \\", f'  "{query}"']
+    if url.startswith("postgresql"):
+        return [
+            f"psql -h {settings.pg_host} -p {settings.pg_port} -U {settings.pg_user} "
+            f"-d {settings.pg_database} \\",
+            f'  -c "{query}"',
+        ]
+    return [
+        f"mysql -h {settings.tidb_host} -P {settings.tidb_port} -u {settings.tidb_user} "
+        f"{settings.tidb_database} \\",
+        f'  -e "{query}"',
+    ]
+
+
+def _upload(settings: RunnerSettings, path: Path, bucket: str, key: str) -> None:
+    """Stream the file to S3 (multipart for large files; never read whole into memory)."""
+    import s3fs
+
+    from p8fs.storage import storage_options_from_settings
+
+    fs = s3fs.S3FileSystem(
+        skip_instance_cache=True,
+        use_listings_cache=False,
+        **storage_options_from_settings(settings),
+    )
+    if not fs.exists(bucket):
+        fs.mkdir(bucket)
+    fs.put_file(str(path), f"{bucket}/{key}")
+
+
+async def run_selftest(
+    settings: RunnerSettings,
+    sample: Path,
+    *,
+    tier: str = "small",
+    echo: Echo = print,
+    tenant_id: str = SELFTEST_TENANT,
+    time_limit: float = 600.0,
+    queue: tiers.QueueSpec = tiers.TEST,
+) -> SelfTestResult:
+    """Upload ``sample``, publish its event to the TEST queue, process it, report.
+
+    ``settings`` must already point at running services (the CLI resolves embedded ones).
+    """
+    from p8fs_runner.connection import connect_nats
+    from p8fs_runner.processing import PipelineProcessor
+    from p8fs_runner.runtime import LazyDatabase
+    from p8fs_runner.topology import ConsumerNotFound, bind_consumer, ensure_topology
+    from p8fs_runner.worker import Worker
+
+    sample = Path(sample)
+    size = sample.stat().st_size
+    bucket, key = tenant_id, f"{SELFTEST_PREFIX}/{sample.name}"
+    uri = f"s3://{bucket}/{key}"
+    result = SelfTestResult(ok=False, uri=uri, size=size)
+    routed = tiers.tier_for_size(size)
+    if routed.name != tier:
+        result.notes.append(
+            f"{sample.name} ({size:,} bytes) would be routed to the {routed.name} tier, "
+            f"not {tier}; the self-test processes it on the TEST queue anyway"
+        )
+
+    echo(f"📤 Step 1: Uploading {sample.name} to SeaweedFS...")
+    await asyncio.to_thread(_upload, settings, sample, bucket, key)
+    echo(f"✅ Uploaded to: {key}")
+    echo(f"   Bucket: {bucket}  ({uri})")
+    echo(f"   Size: {size:,} bytes")
+    echo("")
+
+    echo("📨 Step 2: Publishing test event to NATS...")
+    nc = await connect_nats(settings, name="p8fs-selftest")
+    database = LazyDatabase(settings)
+    try:
+        js = nc.jetstream()
+        try:
+            sub = await bind_consumer(js, queue)
+        except ConsumerNotFound:
+            # No router has run against these servers (embedded mode): set up the TEST queue
+            # exactly as the router would. Production tiers are left alone.
+            await ensure_topology(js, (queue,))
+            result.notes.append(f"created {queue.stream}/{queue.durable} (no router had run)")
+            sub = await bind_consumer(js, queue)
+        mime = mimetypes.guess_type(sample.name)[0] or "application/octet-stream"
+        event = sample_event(bucket, key, size, mime, tenant_id)
+        msg_id = f"selftest:{uri}:{time.time_ns()}"
+        ack = await js.publish(
+            queue.subject,
+            json.dumps(event).encode(),
+            headers={"Nats-Msg-Id": msg_id},
+            stream=queue.stream,
+        )
+        echo(f"✅ Published to: {queue.subject}")
+        echo(f"   Stream: {ack.stream}  sequence {ack.seq}")
+        echo("")
+
+        echo("⚙️  Step 3: Processing event from queue...")
+        db = await database.get()
+        processor = PipelineProcessor(db, settings, process="storage-worker-test")
+        worker = Worker(
+            js,
+            queue,
+            processor,
+            errors=db.record_error,
+            jobs=db.upsert_job,
+            process_name="storage-worker-test",
+        )
+        stop = asyncio.Event()
+        found: dict[str, Any] = {}
+
+        async def watch() -> None:
+            """Stop the worker once our event is settled (older test events are processed too)."""
+            announced = False
+            while not stop.is_set():
+                if not announced and (worker.stats.results or worker.stats.failures):
+                    echo("✅ Received message from queue")
+                    announced = True
+                for r in worker.stats.results:
+                    if r.get("uri") == uri:
+                        found["result"] = r
+                for f in worker.stats.failures:
+                    if f.get("uri") == uri:  # transient too: report now, not after its retry
+                        found["failure"] = f
+                if found:
+                    stop.set()
+                    return
+                await asyncio.sleep(0.05)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await asyncio.wait_for(worker.run(sub, stop, fetch_timeout=1.0), timeout=time_limit)
+        except TimeoutError:
+            pass
+        finally:
+            stop.set()
+            watcher.cancel()
+        mine, failure = found.get("result"), found.get("failure")
+        if mine is None:
+            result.reason = (
+                failure["reason"]
+                if failure
+                else f"the event was not processed within {time_limit:.0f}s"
+            )
+            echo(f"❌ Processing {sample.name} failed: {result.reason}")
+            if failure and failure.get("permanent"):
+                echo(
+                    f"   The event was dead-lettered to {tiers.DLQ_STREAM} (see `p8fs-run dlq list`)"
+                )
+            elif failure:
+                echo(
+                    f"   The failure looks transient: the event stays on {queue.stream} for a retry"
+                )
+            return result
+        result.ok = True
+        result.chunks = int(mine.get("chunks") or 0)
+        result.seconds = float(mine.get("seconds") or 0.0)
+        result.provider = mine.get("provider")
+        echo(f"   Using the {result.provider} provider")
+        if mine.get("skipped"):
+            echo(f"   Unchanged since the last run: kept its {result.chunks} chunks")
+        else:
+            echo(f"   Created {result.chunks} chunks in {result.seconds:.1f}s")
+        echo(f"✅ Successfully processed {sample.name}")
+        echo("")
+        for resource in (await db.list_resources(tenant_id, file_id=mine.get("file_id")))[:5]:
+            result.rows.append(
+                {
+                    "name": resource.name,
+                    "category": resource.category,
+                    "size": len(resource.content),
+                }
+            )
+        echo("📊 Verify in database:")
+        for line in verify_sql(settings, tenant_id):
+            echo(f"   {line}")
+        if result.rows:
+            echo("")
+            echo(f"   {'name':<24} | {'category':<14} | size")
+            for row in result.rows:
+                echo(f"   {row['name']:<24} | {row['category']:<14} | {row['size']}")
+        return result
+    finally:
+        for note in result.notes:
+            echo(f"ℹ️  {note}")
+        try:
+            await nc.flush(timeout=5)
+        finally:
+            await nc.close()
+            await database.dispose()
