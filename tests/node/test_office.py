@@ -300,8 +300,13 @@ def test_password_protected_docx_is_encrypted_document(tmp_path: Path) -> None:
     path = tmp_path / "secret.docx"
     with corpus_path("docs/unst_docx-tables.docx").open("rb") as plain, path.open("wb") as out:
         OOXMLFile(plain).encrypt("s3cret", out)
-    with pytest.raises(EncryptedDocument, match=r"secret\.docx.*password"):
+    with pytest.raises(EncryptedDocument, match=r"secret\.docx.*option 'password'"):
         extract(path)
+    with pytest.raises(EncryptedDocument, match="does not open"):
+        extract(path, password="wrong")
+    sections, context = extract(path, password="s3cret")
+    assert context.metadata["decrypted"] is True
+    assert sections == extract(corpus_path("docs/unst_docx-tables.docx"))[0]
 
 
 def test_legacy_binary_office_file_is_unsupported(tmp_path: Path) -> None:

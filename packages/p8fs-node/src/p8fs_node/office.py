@@ -23,6 +23,7 @@ Raw Markdown is already the best text to chunk, so the core text provider keeps 
 from __future__ import annotations
 
 import codecs
+import io
 import os
 import re
 import zipfile
@@ -144,7 +145,8 @@ class OfficeProvider(ContentProvider):
     category), ``heading`` (nearest title above), ``page`` / ``slide`` / ``sheet``, and for
     tables ``table_format`` (``markdown``, or ``html`` when merged cells need it).
 
-    Options (``context.options``): ``max_uncompressed_bytes`` for ZIP-based formats.
+    Options (``context.options``): ``max_uncompressed_bytes`` for ZIP-based formats;
+    ``password`` for a password-protected Word, PowerPoint or Excel file.
     """
 
     name = "office"
@@ -162,6 +164,7 @@ class OfficeProvider(ContentProvider):
         fmt = self.format_of(source, context)
         name = context.filename or source_name(source)
         context.metadata["format"] = fmt.key
+        source = _decrypt_if_protected(source, fmt, name, context)
         if not _check_container(source, fmt, name, context):
             return
         context.check_deadline()
@@ -237,6 +240,61 @@ def _contains(stream: IO[bytes], needle: bytes, block: int = 1024**2) -> bool:
 # -- container checks ----------------------------------------------------------------------------
 
 
+def _decrypt_if_protected(
+    source: Source, fmt: OfficeFormat, name: str, context: ExtractContext
+) -> Source:
+    """``source`` itself, or its decrypted package when it is a password-protected OOXML file.
+
+    Word, PowerPoint and Excel encrypt a document by wrapping the whole ZIP package in an OLE2
+    file with an ``EncryptedPackage`` stream. With ``options["password"]`` it is decrypted in
+    memory (msoffcrypto-tool, which unstructured's xlsx extra brings); without one, or with a
+    wrong one, the typed :class:`EncryptedDocument` says what to do.
+    """
+    if fmt.key not in _OOXML:
+        return source
+    stream, owned = _open(source)
+    try:
+        if not stream.read(8).startswith(_OLE_MAGIC) or not _contains(stream, _ENCRYPTED_PACKAGE):
+            return source
+        password = context.options.get("password")
+        if not password:
+            raise EncryptedDocument(
+                f"{name} is a password-protected {fmt.label} document; pass its password "
+                "(option 'password') or save an unprotected copy to index it"
+            )
+        try:
+            import msoffcrypto
+            from msoffcrypto.exceptions import DecryptionError, InvalidKeyError
+        except ImportError as exc:
+            raise EncryptedDocument(
+                f"{name} is password-protected and decrypting it needs msoffcrypto-tool: "
+                f"install {OfficeProvider.extra}"
+            ) from exc
+        stream.seek(0)
+        decrypted = io.BytesIO()
+        try:
+            office = msoffcrypto.OfficeFile(stream)
+            office.load_key(password=str(password))
+            office.decrypt(decrypted)
+        except (InvalidKeyError, DecryptionError) as exc:
+            raise EncryptedDocument(
+                f"{name}: the password given does not open this {fmt.label} document ({exc})"
+            ) from exc
+        except Exception as exc:  # msoffcrypto on a damaged container
+            raise CorruptDocument(
+                f"{name}: its encrypted {fmt.label} container is damaged ({type(exc).__name__}: "
+                f"{exc})"
+            ) from exc
+        context.metadata["decrypted"] = True
+        decrypted.seek(0)
+        return decrypted
+    finally:
+        if owned:
+            stream.close()
+        else:
+            stream.seek(0)
+
+
 def _check_container(source: Source, fmt: OfficeFormat, name: str, context: ExtractContext) -> bool:
     """Refuse damaged, encrypted, legacy or oversized files with a typed error before parsing.
 
@@ -254,12 +312,6 @@ def _check_container(source: Source, fmt: OfficeFormat, name: str, context: Extr
     try:
         head = stream.read(8)
         if head.startswith(_OLE_MAGIC) and fmt.key in _OOXML | {"odt"}:
-            stream.seek(0)
-            if _contains(stream, _ENCRYPTED_PACKAGE):
-                raise EncryptedDocument(
-                    f"{name} is a password-protected {fmt.label} document; remove the password "
-                    "(save an unprotected copy) to index it"
-                )
             raise UnsupportedContent(
                 f"{name} is a legacy binary Office file (OLE2, e.g. .doc/.ppt/.xls) named as "
                 f"{fmt.label}; save it in the current format to index it"
