@@ -14,6 +14,7 @@ import nats
 import pytest
 import s3fs
 from nats.errors import Error as NatsError
+
 from p8fs.errors import ConfigurationError
 from p8fs_runner.embedded import (
     EmbeddedNats,
@@ -26,7 +27,6 @@ from p8fs_runner.embedded import (
     start_nats,
 )
 from p8fs_runner.settings import RunnerSettings
-
 from tests.fixtures.servers import port_open
 
 

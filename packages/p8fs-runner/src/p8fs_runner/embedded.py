@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p8fs.errors import ConfigurationError, P8fsError
-from p8fs.settings import Settings
 from pydantic import SecretStr
 
+from p8fs.errors import ConfigurationError, P8fsError
+from p8fs.settings import Settings
 from p8fs_runner.settings import RunnerSettings
 
 LOOPBACK = "127.0.0.1"

@@ -318,7 +318,9 @@ def _join(directory: str, name: str) -> str:
         raise InvalidEvent(f"invalid entry name {name!r:.80}", reason="path")
     if _CONTROL_RE.search(name):
         raise InvalidEvent(f"control character in entry name {name!r:.80}", reason="path")
-    return directory.rstrip("/") + "/" + name
+    # Only the root keeps its slash; any other trailing slash makes an empty segment, rejected
+    # later like every other ambiguous path.
+    return ("" if directory == "/" else directory) + "/" + name
 
 
 def _located(path: str) -> tuple[str, str] | None:

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import Field, SecretStr
+
 from p8fs.errors import ConfigurationError
 from p8fs.settings import Settings
-from pydantic import Field, SecretStr
 
 #: Where a developer's NATS server and SeaweedFS S3 gateway answer when nothing is configured.
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
