@@ -25,25 +25,14 @@ from p8fs.agents import (
 )
 from p8fs.agents.moments import MOMENT_TYPES
 from p8fs.errors import ConfigurationError, is_permanent
-from tests.fixtures.llm import FakeLLMServer, HTTPFailure, Text
+from tests.fixtures.llm import FakeLLMServer, HTTPFailure, Text, corpus_moment_reply
 from tests.fixtures.servers import corpus_path
 
 SAMPLES = "transcripts/p8fs_moment_samples"
 STANDUP = f"{SAMPLES}/tenant_1/transcript_2025-01-13T09-00-00Z"
 
 
-def expected_as_output(expected: dict[str, Any]) -> dict[str, Any]:
-    """A corpus expected moment reshaped into the tool input a model would send."""
-    moment = dict(expected)
-    moment["present_persons"] = [
-        {
-            "fingerprint_id": p["id"],
-            "user_label": p["name"],
-            "user_id": p.get("comment", "").removeprefix("User ID: ") or None,
-        }
-        for p in expected["present_persons"]
-    ]
-    return {"moments": [moment], "analysis_summary": expected["summary"], "total_moments": 1}
+expected_as_output = corpus_moment_reply
 
 
 @pytest.fixture

@@ -1,0 +1,235 @@
+"""``p8fs eval``: run an agent over a file (or a folder of test cases) and score it.
+
+The flags are the original system's::
+
+    p8fs eval --agent-model agentlets.moments.MomentBuilder \\
+        --file transcript_2025-01-13T09-00-00Z_input.json --model claude-sonnet-4-5 --format yaml
+
+``--file`` may also be a folder of ``*_input.json`` files with sibling ``*_expected_moment.json``
+files (the corpus layout): every case runs, a failing case (an input that is not valid JSON, a
+model that never produced valid output) is reported with its error and the others go on, and the
+scores table is printed. The exit status is non-zero when any case failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+INPUT_SUFFIX = "_input.json"
+EXPECTED_SUFFIX = "_expected_moment.json"
+
+
+def _expected_for(path: Path) -> Path | None:
+    if path.name.endswith(INPUT_SUFFIX):
+        candidate = path.with_name(path.name[: -len(INPUT_SUFFIX)] + EXPECTED_SUFFIX)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _read_input(agent: type[Any], path: Path) -> Any:
+    """The agent's input from a file: transcripts for MomentBuilder, JSON or text otherwise."""
+    from p8fs.agents.moments import MomentBuilder
+    from p8fs.agents.transcripts import parse_json_text, read_transcript
+
+    if issubclass(agent, MomentBuilder):
+        return read_transcript(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        from p8fs.agents.errors import InvalidAgentInput
+
+        raise InvalidAgentInput(f"{path} is not UTF-8 text", source=str(path)) from exc
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        return parse_json_text(text, str(path))
+    return text
+
+
+def _render(results: dict[str, Any], fmt: str, single: bool) -> str:
+    """YAML or JSON of one result, or of a mapping case → result for a folder."""
+    data: Any
+    if single:
+        [data] = [r.model_dump(mode="json") for r in results.values()]
+    else:
+        data = {case: r.model_dump(mode="json") for case, r in results.items()}
+    if fmt == "json":
+        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+
+
+async def _run_cases(
+    agent: type[Any], cases: list[Path], root: Path, options: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    from p8fs.errors import ConfigurationError, P8fsError
+
+    results: dict[str, Any] = {}
+    failures: dict[str, str] = {}
+    for path in cases:
+        name = str(path.relative_to(root)) if path != root else path.name
+        try:
+            data = _read_input(agent, path)
+            results[name] = await agent.arun(data, **options)
+        except ConfigurationError:
+            raise  # the same for every case: stop at once with the message
+        except P8fsError as exc:
+            failures[name] = str(exc)
+    return results, failures
+
+
+@click.command("eval")
+@click.option(
+    "--agent-model",
+    "agent_name",
+    default="agentlets.moments.MomentBuilder",
+    show_default=True,
+    help="Agent to run, by class name or alias (see `p8fs plugins`).",
+)
+@click.option(
+    "--file",
+    "file_",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Input file (transcript JSON or text), or a folder of *_input.json test cases.",
+)
+@click.option(
+    "--model",
+    default=None,
+    help="LLM, e.g. claude-sonnet-4-5 (default: P8FS_DEFAULT_MODEL) or openai/<name>.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["yaml", "json"]),
+    default="yaml",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the output here instead of stdout.",
+)
+@click.option(
+    "--expected",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Expected moment(s) JSON to score against (a folder --file finds its own).",
+)
+@click.option(
+    "--scores",
+    "scores_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the scores as JSON here.",
+)
+@click.option(
+    "--max-retries", type=int, default=None, help="Re-asks after invalid output (default 2)."
+)
+def eval_command(
+    agent_name: str,
+    file_: Path,
+    model: str | None,
+    fmt: str,
+    output: Path | None,
+    expected: Path | None,
+    scores_path: Path | None,
+    max_retries: int | None,
+) -> None:
+    """Run an agent over a transcript (or a folder of test cases) and print its output.
+
+    With expected moments (--expected, or *_expected_moment.json beside each *_input.json), the
+    output is scored: moment-type agreement, emotion/topic tag overlap (Jaccard), time overlap
+    (IoU) and present-person precision/recall.
+    """
+    from rich.console import Console
+
+    from p8fs.agents.moments import MomentBuilder
+    from p8fs.agents.scoring import mean_scores, score_case, score_table
+    from p8fs.agents.transcripts import parse_json_text
+    from p8fs.errors import P8fsError
+    from p8fs.plugins import get_registry
+
+    try:
+        agent = get_registry().agents.get(agent_name)
+    except P8fsError as exc:
+        raise click.BadParameter(str(exc), param_hint="--agent-model") from exc
+
+    folder = file_.is_dir()
+    if folder:
+        cases = sorted(file_.rglob("*" + INPUT_SUFFIX))
+        if not cases:
+            raise click.BadParameter(f"no *{INPUT_SUFFIX} files in {file_}", param_hint="--file")
+        if expected is not None:
+            raise click.BadParameter(
+                "with a folder, expected files are found beside each input", param_hint="--expected"
+            )
+    else:
+        cases = [file_]
+    root = file_ if folder else file_.parent
+
+    # Scores: for MomentBuilder, wherever an expected file exists.
+    pairs: dict[str, Path] = {}
+    for path in cases:
+        name = str(path.relative_to(root)) if folder else path.name
+        exp = expected if not folder else _expected_for(path)
+        if exp is not None:
+            pairs[name] = exp
+    if pairs and not issubclass(agent, MomentBuilder):
+        raise click.BadParameter(
+            f"scoring is defined for MomentBuilder, not {agent.__name__}", param_hint="--expected"
+        )
+
+    options: dict[str, Any] = {"model": model, "max_retries": max_retries}
+    try:
+        results, failures = asyncio.run(_run_cases(agent, cases, root, options))
+    except P8fsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not folder and failures:
+        raise click.ClickException(next(iter(failures.values())))
+
+    text = _render(results, fmt, single=not folder) if results else ""
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+    elif text:
+        click.echo(text, nl=False)
+
+    # A table goes to stderr when stdout carries the YAML/JSON, so that output stays parseable.
+    console = Console(stderr=output is None, width=140)
+    if pairs:
+        scores = []
+        for name, exp_path in pairs.items():
+            if name not in results:
+                continue
+            try:
+                exp_data = parse_json_text(exp_path.read_text(encoding="utf-8"), str(exp_path))
+                scores.append(score_case(name, results[name], exp_data))
+            except (P8fsError, ValueError, TypeError) as exc:
+                failures[name] = f"expected file {exp_path.name} unusable: {exc}"
+        console.print(score_table(scores, failures))
+        if scores_path is not None:
+            scores_path.write_text(
+                json.dumps(
+                    {
+                        "cases": [s.as_dict() for s in scores],
+                        "mean": mean_scores(scores),
+                        "failures": failures,
+                    },
+                    indent=2,
+                ),
+                encoding="utf-8",
+            )
+    for name, error in failures.items():
+        click.echo(f"error: {name}: {error}", err=True)
+    if failures:
+        sys.exit(1)
