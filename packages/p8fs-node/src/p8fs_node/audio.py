@@ -10,7 +10,10 @@ the window's end, which is counted in the file's metadata.
 
 Options (``ExtractContext.options``): ``language`` (skip detection), ``whisper_model``
 (overrides ``P8FS_WHISPER_MODEL``), ``device`` (``cpu``), ``compute_type`` (``int8``),
-``beam_size`` (5), ``window_seconds`` (60), ``max_duration_seconds`` (24 h).
+``beam_size`` (5), ``window_seconds`` (60), ``max_duration_seconds`` (24 h),
+``split_channels`` (False: transcribe each channel of a multi-channel recording on its own, as
+speaker ``channel N``, for calls recorded with one party per channel; the channels' sections
+come one channel after the other).
 """
 
 from __future__ import annotations
@@ -226,12 +229,14 @@ def transcribe_stream(
     model: WhisperModel,
     limit_seconds: float,
     turns: list[SpeakerTurn] | None = None,
+    channel: int | None = None,
 ) -> Iterator[Section]:
     """Transcribe one audio stream window by window, yielding a section per Whisper segment.
 
-    Shared by the audio and video providers. Each section's ``start``/``end`` are seconds from
-    the beginning of the stream; ``language`` is what Whisper detected for that window (so a
-    file that switches language mid-way is labelled per window).
+    Each section's ``start``/``end`` are seconds from the beginning of the stream; ``language``
+    is what Whisper detected for that window (so a file that switches language mid-way is
+    labelled per window). With ``channel``, only that channel is heard and sections carry
+    ``channel`` (1-based) and, unless a sidecar names speakers, ``speaker="channel N"``.
     """
     window_seconds = max(
         MIN_WINDOW_SECONDS, float(_option(context, "window_seconds", DEFAULT_WINDOW_SECONDS))
@@ -240,7 +245,7 @@ def transcribe_stream(
     beam_size = int(_option(context, "beam_size", 5))
     stats = WindowStats()
     languages: list[str] = []
-    blocks = iter_pcm(container, stream, context)
+    blocks = iter_pcm(container, stream, context, channel=channel)
     windows = iter_windows(
         blocks,
         int(window_seconds * SAMPLE_RATE),
@@ -268,6 +273,9 @@ def transcribe_stream(
                     "language": info.language,
                 }
                 speaker = speaker_at(turns, start, end) if turns else None
+                if channel is not None:
+                    metadata["channel"] = channel + 1
+                    speaker = speaker or f"channel {channel + 1}"
                 if speaker is not None:
                     metadata["speaker"] = speaker
                 if info.language not in languages:
@@ -275,14 +283,47 @@ def transcribe_stream(
                 yield Section(text, metadata)
     finally:
         record = context.metadata.setdefault("transcription", {})
-        record.update(asdict(stats), window_seconds=window_seconds)
+        for key, value in asdict(stats).items():  # summed over channels, when split
+            previous = record.get(key, 0)
+            record[key] = max(previous, value) if key == "peak_buffer_samples" else previous + value
+        record["window_seconds"] = window_seconds
         if stats.decoded_samples:
-            context.metadata["decoded_duration"] = round(stats.decoded_samples / SAMPLE_RATE, 3)
+            decoded = round(stats.decoded_samples / SAMPLE_RATE, 3)
+            context.metadata["decoded_duration"] = max(
+                decoded, context.metadata.get("decoded_duration", 0.0)
+            )
             if context.metadata.get("duration") is None:
                 context.metadata["duration"] = context.metadata["decoded_duration"]
         if languages:
-            context.metadata["language"] = languages[0]
-            context.metadata["languages"] = languages
+            known = context.metadata.setdefault("languages", [])
+            known.extend(lang for lang in languages if lang not in known)
+            context.metadata.setdefault("language", languages[0])
+
+
+def transcribe_audio(
+    container: InputContainer,
+    stream: AudioStream,
+    context: ExtractContext,
+    model: WhisperModel,
+    limit_seconds: float,
+    turns: list[SpeakerTurn] | None = None,
+) -> Iterator[Section]:
+    """Transcribe ``stream``: its mix, or each channel in turn with ``split_channels``.
+
+    The entry point the audio and video providers share. Splitting decodes the file once per
+    channel (seeking back to the start), so memory stays one window whatever the channel count.
+    """
+    channels = stream.codec_context.channels or 1
+    if not _option(context, "split_channels", False) or channels < 2:
+        yield from transcribe_stream(container, stream, context, model, limit_seconds, turns)
+        return
+    context.metadata["split_channels"] = True
+    for channel in range(channels):
+        if channel:
+            container.seek(0)
+        yield from transcribe_stream(
+            container, stream, context, model, limit_seconds, turns, channel=channel
+        )
 
 
 class AudioProvider(ContentProvider):
@@ -347,6 +388,6 @@ class AudioProvider(ContentProvider):
                 return
             limit = check_declared_duration(container, context)
             turns = sidecar_turns(source, context)
-            yield from transcribe_stream(container, stream, context, model, limit, turns)
+            yield from transcribe_audio(container, stream, context, model, limit, turns)
         finally:
             container.close()

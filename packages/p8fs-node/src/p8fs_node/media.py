@@ -109,9 +109,12 @@ def iter_pcm(
     stream: AudioStream,
     context: ExtractContext,
     sample_rate: int = SAMPLE_RATE,
+    channel: int | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield ``stream`` decoded and resampled to mono float32 at ``sample_rate``, block by block.
 
+    With ``channel`` (0-based) that one channel is kept instead of the mix of all channels,
+    for recordings that put each speaker on a channel of their own.
     Blocks are as FFmpeg decodes them (a few thousand samples). A damaged packet is skipped and
     counted in a warning rather than losing the rest of the file; a stream from which nothing at
     all decodes is a :class:`CorruptDocument`. A mid-stream change of sample format or rate (it
@@ -119,7 +122,17 @@ def iter_pcm(
     """
     import av
 
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    def new_resampler() -> av.AudioResampler:
+        if channel is None:
+            return av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        layout = stream.codec_context.layout
+        return av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
+
+    def samples(out: Any) -> np.ndarray:
+        array = out.to_ndarray()
+        return array.reshape(-1) if channel is None else array[channel]
+
+    resampler = new_resampler()
     decoded = 0
     damaged = 0
     last_error: Exception | None = None
@@ -129,11 +142,11 @@ def iter_pcm(
         try:
             outputs = resampler.resample(frame)
         except ValueError:  # frame layout/rate changed: drain the old resampler, start anew
-            yield from (out.to_ndarray().reshape(-1) for out in resampler.resample(None))
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            yield from (samples(out) for out in resampler.resample(None))
+            resampler = new_resampler()
             outputs = resampler.resample(frame)
         for out in outputs:
-            yield out.to_ndarray().reshape(-1)
+            yield samples(out)
 
     try:
         for packet in container.demux(stream):
@@ -151,7 +164,7 @@ def iter_pcm(
         damaged += 1
         last_error = exc
     for out in resampler.resample(None):
-        block = out.to_ndarray().reshape(-1)
+        block = samples(out)
         decoded += block.size
         yield block
     if decoded == 0 and last_error is not None:

@@ -16,7 +16,7 @@ from p8fs.providers import ContentProvider, ExtractContext, Section, Source
 from p8fs_node.audio import (
     check_declared_duration,
     sidecar_turns,
-    transcribe_stream,
+    transcribe_audio,
     whisper_model_for,
 )
 from p8fs_node.media import best_audio_stream, media_facts, open_container
@@ -78,6 +78,6 @@ class VideoProvider(ContentProvider):
             AudioProvider().ensure_available()
             model = whisper_model_for(context)
             turns = sidecar_turns(source, context)
-            yield from transcribe_stream(container, stream, context, model, limit, turns)
+            yield from transcribe_audio(container, stream, context, model, limit, turns)
         finally:
             container.close()
