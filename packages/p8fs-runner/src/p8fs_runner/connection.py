@@ -44,7 +44,7 @@ async def connect_nats(
     where = settings.redacted_nats_url()
 
     async def disconnected() -> None:
-        log.warning("disconnected from NATS at %s", where)
+        log.info("disconnected from NATS at %s", where)
 
     async def reconnected() -> None:
         log.info("reconnected to NATS at %s", where)

@@ -99,6 +99,9 @@ def _upload(settings: RunnerSettings, path: Path, bucket: str, key: str) -> None
     if not fs.exists(bucket):
         fs.mkdir(bucket)
     fs.put_file(str(path), f"{bucket}/{key}")
+    # Let the filesystem be finalised here, in this thread: finalised later inside the running
+    # event loop, s3fs schedules its session's close on the wrong loop and logs an error.
+    del fs
 
 
 async def run_selftest(
@@ -151,7 +154,7 @@ async def run_selftest(
             # No router has run against these servers (embedded mode): set up the TEST queue
             # exactly as the router would. Production tiers are left alone.
             await ensure_topology(js, (queue,))
-            result.notes.append(f"created {queue.stream}/{queue.durable} (no router had run)")
+            echo(f"   Created {queue.stream}/{queue.durable} (no router had run here)")
             sub = await bind_consumer(js, queue)
         mime = mimetypes.guess_type(sample.name)[0] or "application/octet-stream"
         event = sample_event(bucket, key, size, mime, tenant_id)
