@@ -10,6 +10,7 @@ extracted with no connection attempt at all.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -28,6 +29,13 @@ from tests.node.conftest import (
     OutboundLookupBlocked,
     is_loopback_host,
 )
+
+
+def require_unstructured() -> None:
+    """Skip when the office extra is missing, *without* importing unstructured (its import
+    sends a telemetry ping unless opted out, which is what some of these tests check)."""
+    if importlib.util.find_spec("unstructured") is None:
+        pytest.skip("p8fs-node[office] (unstructured) is not installed")
 
 
 @pytest.mark.allow_outbound_attempts
@@ -91,7 +99,7 @@ def test_guard_catches_unstructured_telemetry_unless_disabled(
     """unstructured's real telemetry ping is caught by the guard; after disable_telemetry() the
     very same call makes no attempt. (The ping swallows its own errors, so only the guard's
     record shows it happened.)"""
-    pytest.importorskip("unstructured", reason="the office extra is not installed")
+    require_unstructured()
     from unstructured.utils import scarf_analytics
 
     from p8fs_node.offline import TELEMETRY_OPT_OUTS, disable_telemetry
@@ -121,13 +129,13 @@ def test_disable_telemetry_keeps_an_explicit_user_value(monkeypatch: pytest.Monk
 
 
 def test_spacy_model_is_never_downloaded() -> None:
-    pytest.importorskip("unstructured", reason="the office extra is not installed")
-    from unstructured.nlp import tokenize
-
+    require_unstructured()
     from p8fs.errors import ConfigurationError
     from p8fs_node.offline import SPACY_MODEL, prepare_unstructured
 
-    prepare_unstructured()
+    prepare_unstructured()  # before the first import of unstructured, which pings on import
+    from unstructured.nlp import tokenize
+
     nlp = tokenize._get_nlp()
     try:
         __import__(SPACY_MODEL)
@@ -176,7 +184,7 @@ def test_every_office_format_extracts_with_no_network_at_all(tmp_path: Path) -> 
     """A fresh interpreter without DO_NOT_TRACK, in a network namespace with no interfaces up
     (so pandoc and C code cannot get out either), extracts docx, pptx, html, epub and rtf; it
     must produce their text and make zero socket connections or lookups."""
-    pytest.importorskip("unstructured", reason="the office extra is not installed")
+    require_unstructured()
     if not _network_namespace_available():
         pytest.skip(
             "unprivileged network namespaces (unshare -rn) are not permitted on this machine; "
