@@ -1,0 +1,300 @@
+"""The SeaweedFS -> NATS bridge against a real ``weed mini`` and a real ``nats-server``: changes
+made through S3 and the filer arrive on ``p8fs.storage.events`` typed correctly, and a restart
+replays what was missed exactly once (by checkpoint, and by ``Nats-Msg-Id`` when the checkpoint
+lagged behind what was sent)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.js.client import JetStreamContext
+
+from p8fs_runner.bridge import (
+    BridgeStats,
+    FilerBridge,
+    MetaTailDecoder,
+    checkpoint_key,
+    time_ago,
+)
+from p8fs_runner.embedded import EmbeddedSeaweedFS
+from p8fs_runner.events import parse_event
+from p8fs_runner.settings import RunnerSettings
+from p8fs_runner.tiers import EVENTS_STREAM, ROUTER
+from p8fs_runner.topology import stream_config
+
+DATA = Path(__file__).parent / "data"
+
+
+# -- pure parts ------------------------------------------------------------------------------
+
+
+def test_decoder_splits_real_meta_tail_output() -> None:
+    for name, expected in (
+        ("filer_meta_tail_s3_put_overwrite_move_delete_metadata.json", 17),
+        ("filer_meta_tail_multipart_unicode_rename.json", 16),
+    ):
+        decoder = MetaTailDecoder()
+        documents = [
+            doc
+            for line in (DATA / name).read_text().splitlines(keepends=True)
+            for doc in decoder.feed_line(line)
+        ]
+        assert len(documents) == expected
+        assert all(isinstance(doc, dict) and "tsNs" in doc for doc in documents)
+
+
+def test_decoder_accepts_json_lines_and_returns_broken_blocks_as_text() -> None:
+    decoder = MetaTailDecoder()
+    compact = json.dumps({"directory": "/buckets/t-a", "tsNs": "1"})
+    assert list(decoder.feed_line(compact + "\n")) == [json.loads(compact)]
+    out: list[Any] = []
+    for line in ["{\n", '  "directory": oops\n', "}\n", "{\n", '  "a": 1\n', "}\n"]:
+        out.extend(decoder.feed_line(line))
+    assert out == ['{\n  "directory": oops\n}', {"a": 1}]
+
+
+def test_time_ago_replays_from_the_checkpoint_minus_the_margin() -> None:
+    settings = RunnerSettings(_env_file=None, bridge_replay_margin=5, bridge_start_ago=60)  # type: ignore[call-arg]
+    assert time_ago(None, settings) == f"{60 * 10**9}ns"
+    now = 1_800_000_000 * 10**9
+    assert time_ago(now - 10**9, settings, now_ns=now) == f"{6 * 10**9}ns"
+    # A checkpoint ahead of the local clock (skew) still replays the margin.
+    assert time_ago(now + 10**9, settings, now_ns=now) == f"{5 * 10**9}ns"
+    assert checkpoint_key("/buckets") != checkpoint_key("/buckets/t-a")
+
+
+# -- against the real servers --------------------------------------------------------------------
+
+
+@pytest.fixture
+def bridge_settings(runner_settings: RunnerSettings, s3_bucket: str) -> RunnerSettings:
+    # Follow only this test's bucket: the session's weed mini is shared with other tests.
+    return runner_settings.model_copy(
+        update={"bridge_path_prefix": f"/buckets/{s3_bucket}", "bridge_start_ago": 600.0}
+    )
+
+
+async def _connect(settings: RunnerSettings) -> tuple[Any, JetStreamContext]:
+    nc = await nats.connect(**settings.nats_connect_options())
+    js = nc.jetstream()
+    await js.add_stream(stream_config(ROUTER))
+    return nc, js
+
+
+async def stream_messages(js: JetStreamContext) -> list[tuple[str, dict[str, Any]]]:
+    """Every message of the events stream: (Nats-Msg-Id, decoded body)."""
+    info = await js.stream_info(EVENTS_STREAM)
+    messages = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        if info.state.messages == 0:
+            break
+        msg = await js.get_msg(EVENTS_STREAM, seq)
+        headers = msg.headers or {}
+        messages.append((headers.get("Nats-Msg-Id", ""), json.loads(msg.data or b"{}")))
+    return messages
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)
+
+
+class RunningBridge:
+    """A bridge task with its own NATS connection, stopped through its stop event."""
+
+    def __init__(self, settings: RunnerSettings) -> None:
+        self.settings = settings
+        self.stop = asyncio.Event()
+        self.bridge: FilerBridge | None = None
+        self.task: asyncio.Task[BridgeStats] | None = None
+
+    async def __aenter__(self) -> RunningBridge:
+        self.nc = await nats.connect(**self.settings.nats_connect_options())
+        self.bridge = FilerBridge(self.settings, self.nc)
+        self.task = asyncio.create_task(self.bridge.run(self.stop))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        assert self.task is not None
+        self.stats = await asyncio.wait_for(self.task, timeout=30)
+        await self.nc.close()
+
+
+def filer_rename(seaweedfs: EmbeddedSeaweedFS, old_path: str, new_path: str) -> None:
+    """A filer-level move (S3 has none): ``POST new?mv.from=old``."""
+    url = f"{seaweedfs.filer_url}{urllib.parse.quote(new_path)}?mv.from={urllib.parse.quote(old_path)}"
+    with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10) as r:
+        assert r.status < 300
+
+
+async def test_s3_changes_arrive_typed_with_their_tenant(
+    bridge_settings: RunnerSettings,
+    seaweedfs: EmbeddedSeaweedFS,
+    s3fs_filesystem: Any,
+    s3_bucket: str,
+) -> None:
+    nc, js = await _connect(bridge_settings)
+    try:
+        async with RunningBridge(bridge_settings) as running:
+            fs = s3fs_filesystem
+            await asyncio.to_thread(fs.pipe, f"{s3_bucket}/docs/a.txt", b"alpha")
+            await asyncio.to_thread(fs.pipe, f"{s3_bucket}/b.pdf", b"%PDF-1.4 beta")
+            await asyncio.to_thread(fs.pipe, f"{s3_bucket}/docs/a.txt", b"alpha, longer")
+            await asyncio.to_thread(fs.rm, f"{s3_bucket}/b.pdf")
+            await asyncio.to_thread(
+                filer_rename,
+                seaweedfs,
+                f"/buckets/{s3_bucket}/docs/a.txt",
+                f"/buckets/{s3_bucket}/moved/c.txt",
+            )
+
+            async def five() -> bool:
+                return len(await stream_messages(js)) >= 5
+
+            await wait_for(five)
+        messages = await stream_messages(js)
+    finally:
+        await nc.close()
+    events = [parse_event(body) for _, body in messages]
+    assert [(e.event_type.value, e.key, e.size) for e in events if e] == [
+        ("create", "docs/a.txt", 5),
+        ("create", "b.pdf", 13),
+        ("update", "docs/a.txt", 13),
+        ("delete", "b.pdf", 13),
+        ("rename", "moved/c.txt", 13),
+    ]
+    assert all(e is not None and e.tenant_id == s3_bucket for e in events)
+    assert events[-1] is not None and events[-1].old_key == "docs/a.txt"
+    ids = [msg_id for msg_id, _ in messages]
+    assert all(ids) and len(set(ids)) == len(ids)
+    # The bucket folder itself and the intermediate directories were not published.
+    assert running.stats.ignored >= 2
+    assert running.stats.published == 5
+
+
+async def test_restart_replays_missed_changes_exactly_once(
+    bridge_settings: RunnerSettings, s3fs_filesystem: Any, s3_bucket: str
+) -> None:
+    fs = s3fs_filesystem
+    nc, js = await _connect(bridge_settings)
+
+    async def count() -> int:
+        return len(await stream_messages(js))
+
+    try:
+        async with RunningBridge(bridge_settings) as first:
+            for i in range(2):
+                await asyncio.to_thread(fs.pipe, f"{s3_bucket}/before-{i}.txt", b"x" * (i + 1))
+
+            async def two() -> bool:
+                return await count() == 2
+
+            await wait_for(two)
+        assert first.stats.published == 2
+        first_checkpoint = first.stats.checkpoint_ns
+        assert first_checkpoint is not None
+
+        # Changes while the bridge is down.
+        for i in range(3):
+            await asyncio.to_thread(fs.pipe, f"{s3_bucket}/while-down-{i}.txt", b"y")
+
+        async with RunningBridge(bridge_settings) as second:
+
+            async def caught_up() -> bool:
+                messages = await stream_messages(js)
+                newest = max(int(body.get("ts_ns") or 0) for _, body in messages)
+                assert second.bridge is not None
+                checkpoint = second.bridge.stats.checkpoint_ns or 0
+                return len(messages) >= 5 and checkpoint >= newest
+
+            await wait_for(caught_up)
+        assert await count() == 5
+        assert second.stats.published == 3
+        assert second.stats.duplicates == 0
+        # The replay margin re-read the first run's changes; the checkpoint skipped them.
+        assert second.stats.skipped_before_checkpoint >= 2
+        assert second.stats.checkpoint_ns is not None
+        assert second.stats.checkpoint_ns > first_checkpoint
+
+        # A bridge that died after publishing but before checkpointing: rewind the checkpoint.
+        kv = await js.key_value(bridge_settings.bridge_kv_bucket)
+        await kv.put(
+            checkpoint_key(bridge_settings.bridge_path_prefix),
+            json.dumps({"ts_ns": first_checkpoint - 1}).encode(),
+        )
+        async with RunningBridge(bridge_settings) as third:
+
+            async def resent() -> bool:
+                assert third.bridge is not None
+                return third.bridge.stats.duplicates + third.bridge.stats.published >= 4
+
+            await wait_for(resent)
+        # Every re-sent change was dropped by its Nats-Msg-Id: still five messages.
+        assert third.stats.published == 0
+        assert third.stats.duplicates >= 4
+        messages = await stream_messages(js)
+    finally:
+        await nc.close()
+    keys = sorted(body["key"] for _, body in messages)
+    assert keys == [
+        "before-0.txt",
+        "before-1.txt",
+        "while-down-0.txt",
+        "while-down-1.txt",
+        "while-down-2.txt",
+    ]
+
+
+async def test_bridge_needs_the_filer_address(runner_settings: RunnerSettings) -> None:
+    from p8fs.errors import ConfigurationError
+
+    settings = runner_settings.model_copy(update={"seaweedfs_filer": None})
+    nc = await nats.connect(**settings.nats_connect_options())
+    try:
+        with pytest.raises(ConfigurationError, match="P8FS_SEAWEEDFS_FILER"):
+            FilerBridge(settings, nc)
+    finally:
+        await nc.close()
+
+
+async def test_unparseable_changes_are_published_for_dead_lettering(
+    bridge_settings: RunnerSettings, s3fs_filesystem: Any, s3_bucket: str
+) -> None:
+    """A key with a newline is legal in S3 but refused by the parser: the bridge still
+    publishes the raw filer change, so the router dead-letters it with an errors row."""
+    from p8fs_runner.events import InvalidEvent
+
+    nc, js = await _connect(bridge_settings)
+    try:
+        async with RunningBridge(bridge_settings) as running:
+            await asyncio.to_thread(s3fs_filesystem.pipe, f"{s3_bucket}/bad\nname.txt", b"z")
+            await asyncio.to_thread(s3fs_filesystem.pipe, f"{s3_bucket}/good.txt", b"z")
+
+            async def two() -> bool:
+                return len(await stream_messages(js)) >= 2
+
+            await wait_for(two)
+        messages = await stream_messages(js)
+    finally:
+        await nc.close()
+    assert running.stats.invalid == 1 and running.stats.published == 2  # raw one included
+    raw_id, raw = messages[0]
+    assert raw_id.startswith("raw-")
+    assert raw["eventNotification"]["newEntry"]["name"] == "bad\nname.txt"
+    with pytest.raises(InvalidEvent, match="control character"):
+        parse_event(json.dumps(raw))
+    good = parse_event(messages[1][1])
+    assert good is not None and good.key == "good.txt"
