@@ -240,6 +240,7 @@ _MIN_SHARE = 0.5
 
 _ZERO_WIDTH_JOINERS = frozenset("\u200d\ufe0e\ufe0f")
 _WHITESPACE_RUN = re.compile(r"\s+")
+_THROUGH_LAST_WHITESPACE = re.compile(r".*\s", re.DOTALL)
 
 
 def _glues_to_previous(ch: str) -> bool:
@@ -385,14 +386,26 @@ class TokenChunker(Chunker):
         return hi
 
     def _next_overlap(self, text: str, tokens: list[int], tk: Tokenizer) -> str:
-        """The end of ``text`` to repeat at the start of the next chunk (about N tokens)."""
+        """The end of ``text`` to repeat at the start of the next chunk (about N tokens).
+
+        The cut that leaves exactly N tokens usually falls inside a word; it moves to the nearer
+        word start, forward or back (a long URL can make either far; the nearer one keeps the
+        overlap closest to N). Without whitespace around it stays on the token boundary.
+        """
         if self.overlap_tokens == 0 or len(tokens) <= 1:
             return ""
         start = tk.suffix_start(tokens, min(self.overlap_tokens, len(tokens) - 1))
         if 0 < start < len(text) and not text[start - 1].isspace():
             space = _WHITESPACE_RUN.search(text, start)
-            if space is not None and space.end() < len(text):
-                start = space.end()
+            forward = space.end() if space is not None and space.end() < len(text) else None
+            # Look back no further than the forward candidate is away (C speed, bounded).
+            floor = max(0, 2 * start - forward) if forward is not None else 0
+            last_space = _THROUGH_LAST_WHITESPACE.match(text, floor, start)
+            backward = last_space.end() if last_space is not None else None
+            if forward is not None and (backward is None or forward - start <= start - backward):
+                start = forward
+            elif backward is not None:
+                start = backward
         return text[start:]
 
 
