@@ -404,6 +404,14 @@ def test_pdf_pages_travel_with_the_chunks() -> None:
 # -- registration -----------------------------------------------------------------------------
 
 
+def test_p8fs_register_chunkers_hook_of_the_builtin_plugin() -> None:
+    from p8fs.builtin import chunkers
+
+    registered: list[type] = []
+    chunkers.p8fs_register_chunkers(registered.append)
+    assert registered == [TokenChunker, RecordChunker]
+
+
 def test_builtin_plugin_registers_both_chunkers() -> None:
     registry = load_plugins().registry
     for name, cls in (("tokens", TokenChunker), ("records", RecordChunker)):
