@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -298,3 +299,49 @@ async def test_unparseable_changes_are_published_for_dead_lettering(
         parse_event(json.dumps(raw))
     good = parse_event(messages[1][1])
     assert good is not None and good.key == "good.txt"
+
+
+async def test_run_bridge_serves_probes_and_metrics(
+    bridge_settings: RunnerSettings, s3fs_filesystem: Any, s3_bucket: str
+) -> None:
+    from p8fs_runner.bridge import run_bridge
+    from p8fs_runner.embedded import free_port
+
+    nc, js = await _connect(bridge_settings)
+    port = free_port()
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_bridge(bridge_settings, stop=stop, metrics_port=port))
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+        except OSError:
+            return 0, ""
+
+    try:
+
+        async def ready() -> bool:
+            return (await asyncio.to_thread(get, "/readyz"))[0] == 200
+
+        await wait_for(ready)
+        await asyncio.to_thread(s3fs_filesystem.pipe, f"{s3_bucket}/probe.txt", b"p")
+
+        async def one() -> bool:
+            return len(await stream_messages(js)) == 1
+
+        await wait_for(one)
+        status, _ = await asyncio.to_thread(get, "/healthz")
+        assert status == 200
+        status, metrics = await asyncio.to_thread(get, "/metrics")
+        assert status == 200
+        assert 'p8fs_bridge_events_total{outcome="published"}' in metrics
+        assert "p8fs_bridge_checkpoint_timestamp_seconds" in metrics
+    finally:
+        stop.set()
+        stats = await asyncio.wait_for(task, timeout=30)
+        await nc.close()
+    assert stats.published == 1
+    assert (await asyncio.to_thread(get, "/healthz"))[0] == 0  # the server is gone

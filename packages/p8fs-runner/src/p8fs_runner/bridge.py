@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Counter, Gauge
+
 from p8fs.errors import ConfigurationError
 from p8fs_runner.events import InvalidEvent, parse_event
 from p8fs_runner.settings import RunnerSettings
@@ -39,6 +41,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
+
+EVENTS = Counter(
+    "p8fs_bridge_events_total",
+    "Filer changes handled by the bridge, by outcome "
+    "(published, duplicate, ignored, invalid, before_checkpoint).",
+    ["outcome"],
+)
+CHECKPOINT = Gauge(
+    "p8fs_bridge_checkpoint_timestamp_seconds",
+    "Filer time of the last change the bridge handled (its checkpoint).",
+)
 
 #: Longest line ``weed filer.meta.tail`` may print (small files' content is inlined in entries).
 MAX_LINE = 16 * 1024 * 1024
@@ -139,6 +152,10 @@ class FilerBridge:
         self.stats = BridgeStats()
         self._process: asyncio.subprocess.Process | None = None
 
+    def following(self) -> bool:
+        """Whether ``filer.meta.tail`` is running right now (for ``/readyz``)."""
+        return self._process is not None and self._process.returncode is None
+
     # -- checkpoint ---------------------------------------------------------------------
 
     async def open_checkpoint(self) -> int | None:
@@ -174,6 +191,7 @@ class FilerBridge:
         }
         await self.kv.put(self.key, json.dumps(value).encode())
         self.stats.checkpoint_ns = ts_ns
+        CHECKPOINT.set(ts_ns / 1e9)
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -208,8 +226,10 @@ class FilerBridge:
                 continue
             if ack.duplicate:
                 self.stats.duplicates += 1
+                EVENTS.labels("duplicate").inc()
             else:
                 self.stats.published += 1
+                EVENTS.labels("published").inc()
             return True
 
     async def handle(
@@ -223,6 +243,7 @@ class FilerBridge:
                 ts_ns = int(raw_ts) if raw_ts is not None else None
             if ts_ns is not None and checkpoint is not None and ts_ns <= checkpoint:
                 self.stats.skipped_before_checkpoint += 1
+                EVENTS.labels("before_checkpoint").inc()
                 return None
         try:
             event = parse_event(document)
@@ -232,9 +253,11 @@ class FilerBridge:
             if not await self.publish(text.encode(), raw_msg_id(text), stop):
                 return None
             self.stats.invalid += 1
+            EVENTS.labels("invalid").inc()
             return ts_ns
         if event is None:
             self.stats.ignored += 1
+            EVENTS.labels("ignored").inc()
             return ts_ns
         if not await self.publish(event.to_json(), event.dedupe_id(), stop):
             return None
@@ -374,15 +397,32 @@ class FilerBridge:
 
 
 async def run_bridge(
-    settings: RunnerSettings | None = None, *, stop: asyncio.Event | None = None
+    settings: RunnerSettings | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+    metrics_port: int | None = None,
 ) -> BridgeStats:
-    """Connect to NATS and run the bridge until ``stop`` is set (the CLI sets it on SIGTERM)."""
+    """Connect to NATS and run the bridge until ``stop`` is set (the CLI sets it on SIGTERM).
+
+    Serves ``/metrics``, ``/healthz`` and ``/readyz`` on ``metrics_port`` (default
+    ``P8FS_METRICS_PORT``); ready means connected to NATS with ``filer.meta.tail`` running.
+    """
     from p8fs_runner.connection import connect_nats
+    from p8fs_runner.metrics import start_probe_server
 
     settings = settings or RunnerSettings()
     nc = await connect_nats(settings, name="p8fs-bridge")
+    bridge = FilerBridge(settings, nc)
+
+    async def ready() -> bool:
+        return bool(nc.is_connected) and bridge.following()
+
+    port = settings.metrics_port if metrics_port is None else metrics_port
+    probes = await start_probe_server(ready, port)
     try:
-        return await FilerBridge(settings, nc).run(stop)
+        return await bridge.run(stop)
     finally:
+        if probes is not None:
+            await probes.stop()
         with contextlib.suppress(Exception):
             await nc.drain()
