@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 
 from p8fs.database import Database, plan_ddl
+from p8fs.database.errors import UnstorableText
 from p8fs.database.schema import TABLE_NAMES
 from p8fs.errors import ConfigurationError, InvalidPath, TransientError
 from p8fs.ids import file_id, resource_id, stable_id
@@ -380,6 +381,26 @@ async def test_unicode_round_trips_byte_exact(database: Database) -> None:
     assert got_file is not None and got_file.metadata["title"] == HARD_TEXT
 
 
+async def test_nul_characters(database: Database) -> None:
+    """SQLite and MariaDB keep U+0000; PostgreSQL cannot, and the write is refused whole."""
+    file = make_file(TENANT, "/nul.txt", metadata={"raw": "a\x00b"})
+    chunks = make_chunks(file, ["before\x00after"])
+    if database.dialect == "postgresql":
+        with pytest.raises(UnstorableText, match=r"files\.metadata"):
+            await database.store_file(file, chunks)
+        clean = file.model_copy(update={"metadata": {}})
+        with pytest.raises(UnstorableText, match=r"resources\.content"):
+            await database.store_file(clean, chunks)
+        with pytest.raises(UnstorableText):
+            await database.record_error(ErrorRecord(tenant_id=TENANT, message="x\x00"))
+        assert await database.count("files") == 0
+        assert await database.count("errors") == 0
+    else:
+        await database.store_file(file, chunks)
+        assert await database.get_file(TENANT, file.id) == file
+        assert await database.list_resources(TENANT) == chunks
+
+
 async def test_uri_longer_than_an_index_key(database: Database) -> None:
     """TiDB caps index keys at 3,072 bytes: the uri itself is not indexed, its hash is."""
     uri = "s3://bucket/" + "/".join(["dossier-été-🗂"] * 600) + "/file.txt"
@@ -497,6 +518,19 @@ async def test_sqlite_that_cannot_be_opened_is_a_configuration_error(tmp_path: P
             await db.init_schema()
     finally:
         await db.dispose()
+        await _aiosqlite_threads_finished()
+
+
+async def _aiosqlite_threads_finished() -> None:
+    """Let aiosqlite's worker thread end while this test's loop still runs.
+
+    When ``sqlite3.connect`` fails, aiosqlite stops its thread without waiting for it; if the
+    loop closes first, the thread reports "Event loop is closed" during a later test.
+    """
+    for _ in range(200):
+        if not any("_connection_worker_thread" in t.name for t in threading.enumerate()):
+            return
+        await asyncio.sleep(0.01)
 
 
 def test_unsupported_url_is_a_configuration_error() -> None:

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.expression import ColumnElement
 
 from p8fs.database import schema
-from p8fs.database.errors import classify, safe_url
+from p8fs.database.errors import UnstorableText, classify, safe_url
 from p8fs.errors import ConfigurationError, InvalidPath
 from p8fs.ids import uri_hash
 from p8fs.models import ErrorRecord, FileRecord, Job, JobStatus, Moment, Resource, Session
@@ -414,7 +414,25 @@ class Database:
                 )
         file_row = _to_row(file, schema.files)
         file_row["uri_hash"] = uri_hash(file.uri)
-        return file_row, [_to_row(r, schema.resources) for r in resources]
+        resource_rows = [_to_row(r, schema.resources) for r in resources]
+        self._check_storable(schema.files, [file_row])  # before the transaction starts
+        self._check_storable(schema.resources, resource_rows)
+        return file_row, resource_rows
+
+    def _check_storable(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        """Refuse NUL characters on PostgreSQL before the transaction starts."""
+        if self.dialect != "postgresql":
+            return
+        for row in rows:
+            for column, value in row.items():
+                if _contains_nul(value):
+                    raise UnstorableText(
+                        f"PostgreSQL cannot store NUL (U+0000) characters: {table.name}.{column} "
+                        f"of row {row.get('id')!r} contains one",
+                        table=table.name,
+                        column=column,
+                        id=row.get("id"),
+                    )
 
     async def _store_file(
         self, conn: AsyncConnection, file_row: dict[str, Any], resource_rows: list[dict[str, Any]]
@@ -439,6 +457,7 @@ class Database:
         self, conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]
     ) -> None:
         """INSERT … ON CONFLICT (tenant_id, id) DO UPDATE, or ON DUPLICATE KEY UPDATE on MySQL."""
+        self._check_storable(table, rows)
         key = {c.name for c in table.primary_key.columns}
         columns = [c.name for c in table.columns if c.name not in key]
         stmt: Any
@@ -468,6 +487,16 @@ def _to_row(record: BaseModel, table: Table) -> dict[str, Any]:
         if isinstance(value, Enum):
             row[name] = value.value
     return row
+
+
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_contains_nul(v) for v in value)
+    return False
 
 
 def _to_model(model: type[RecordT], row: Row[Any]) -> RecordT:

@@ -3,9 +3,10 @@
 A queue worker retries a :class:`~p8fs.errors.TransientError` with a growing delay and
 dead-letters anything else, so the line drawn here decides between "try again in a minute" and
 "give up on this file". Connection trouble, lock waits, deadlocks and serialization failures heal
-by themselves: transient. A missing table, a bad column, a violated constraint will fail the same
-way forever: they are left as they are. A wrong password or an unknown database is a
-:class:`~p8fs.errors.ConfigurationError` naming the setting to fix, because retrying cannot help.
+by themselves: transient. A bad column or a violated constraint will fail the same way forever:
+they are left as they are. A wrong password, an unknown database or a schema that was never
+created is a :class:`~p8fs.errors.ConfigurationError` naming what to fix, because retrying cannot
+help.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ _PG_TRANSIENT_CODES = frozenset({"40001", "40P01", "55P03"})
 #: PostgreSQL codes that mean the settings are wrong: bad password or role, unknown database.
 _PG_CONFIG_CODES = frozenset({"28000", "28P01", "3D000"})
 
+#: "No such table" in each dialect: the schema was never created on this database.
+_PG_MISSING_TABLE = "42P01"
+_MYSQL_MISSING_TABLE = 1146
+_SQLITE_MISSING_TABLE = re.compile(r"no such table", re.I)
+
 #: MySQL/MariaDB/TiDB error numbers that mean the settings are wrong: access denied to the
 #: database (1044) or for the user (1045), unknown database (1049).
 _MYSQL_CONFIG_CODES = frozenset({1044, 1045, 1049})
@@ -36,6 +42,17 @@ _MYSQL_PERMANENT_CODES = frozenset({1054, 1064, 1146, 1366, 1406})
 _SQLITE_TRANSIENT = re.compile(r"locked|busy|disk i/o error", re.I)
 #: SQLite cannot open its file: a missing folder or no permission, which waiting will not fix.
 _SQLITE_CONFIG = re.compile(r"unable to open database", re.I)
+
+
+class UnstorableText(P8fsError):
+    """A value holds a character the database cannot store (NUL on PostgreSQL).
+
+    PostgreSQL's ``TEXT`` and ``JSONB`` refuse U+0000 outright. Rather than change the text
+    behind the caller's back, the write is refused before it starts, naming the row and column,
+    so the caller can decide (a provider would usually replace it and say so).
+    """
+
+    code = "unstorable_text"
 
 
 def safe_url(url: str | URL) -> str:
@@ -70,7 +87,18 @@ def classify(exc: BaseException, url: str | URL) -> BaseException | None:
     pgcode = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
     mysql_code = _mysql_code(orig) if orig is not None else None
 
-    sqlite_config = _backend(url) == "sqlite" and bool(_SQLITE_CONFIG.search(message))
+    is_sqlite = _backend(url) == "sqlite"
+    if (
+        pgcode == _PG_MISSING_TABLE
+        or mysql_code == _MYSQL_MISSING_TABLE
+        or (is_sqlite and _SQLITE_MISSING_TABLE.search(message))
+    ):
+        return ConfigurationError(
+            f"database {where} has no p8fs schema ({message}); run `p8fs db init` "
+            "(or `python -m p8fs.models.p8`) against it first",
+            url=where,
+        )
+    sqlite_config = is_sqlite and bool(_SQLITE_CONFIG.search(message))
     if pgcode in _PG_CONFIG_CODES or mysql_code in _MYSQL_CONFIG_CODES or sqlite_config:
         return ConfigurationError(
             f"database {where} refused the connection settings ({message}); check "
@@ -85,7 +113,7 @@ def classify(exc: BaseException, url: str | URL) -> BaseException | None:
     elif isinstance(exc, sa_exc.OperationalError):
         if mysql_code is not None:
             transient = transient or mysql_code not in _MYSQL_PERMANENT_CODES
-        elif _backend(url) == "sqlite":
+        elif is_sqlite:
             transient = transient or bool(_SQLITE_TRANSIENT.search(message))
         else:
             transient = True
