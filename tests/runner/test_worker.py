@@ -75,7 +75,9 @@ async def run_until(worker: Worker, sub: Any, done: Any, *, limit: float = 30.0)
     task = asyncio.create_task(worker.run(sub, stop, fetch_timeout=0.3))
     loop = asyncio.get_running_loop()
     end = loop.time() + limit
-    while not done(worker) and loop.time() < end and not task.done():
+    for _ in range(int(limit / 0.05)):
+        if done(worker) or loop.time() > end or task.done():
+            break
         await asyncio.sleep(0.05)
     stop.set()
     await task

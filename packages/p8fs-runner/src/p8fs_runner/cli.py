@@ -65,6 +65,9 @@ def _services(embed: bool = True) -> Iterator[RunnerSettings]:
     from p8fs.errors import ConfigurationError, P8fsError
 
     settings = _settings()
+    from p8fs_runner.connection import import_nats_fast
+
+    import_nats_fast(settings.nats_url)
     if not embed:
         if settings.nats_url is None:
             settings = settings.model_copy(update={"embed_services": "never"})
@@ -248,6 +251,13 @@ def worker(tier: str, grace: float, metrics_port: int | None) -> None:
     run_worker(tier, grace=grace, metrics_port=metrics_port)
 
 
+def _console() -> Any:
+    """A rich console; piped output gets a wide fixed width instead of 80 truncated columns."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def status(as_json: bool) -> None:
@@ -269,11 +279,9 @@ def status(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
-    from rich.console import Console
-
     from p8fs_runner.status import render_status
 
-    render_status(result, Console())
+    render_status(result, _console())
 
 
 @main.group()
@@ -304,7 +312,6 @@ def dlq_list(limit: int, as_json: bool) -> None:
         for letter in letters:
             click.echo(json.dumps(letter.to_dict()))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"dead letters ({len(letters)})", title_justify="left")
@@ -320,7 +327,7 @@ def dlq_list(limit: int, as_json: bool) -> None:
             letter.uri,
             letter.reason,
         )
-    Console().print(table)
+    _console().print(table)
 
 
 @dlq.command("replay")
@@ -356,10 +363,13 @@ def dlq_replay(replay_all: bool, seqs: tuple[int, ...]) -> None:
     click.echo(f"{len(done)} dead letter(s) replayed")
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@main.command(
+    add_help_option=False,  # --help belongs to the delegated group
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
 @click.pass_context
 def dreaming(ctx: click.Context) -> None:
-    """The dreaming agent worker (``python -m p8fs.workers.dreaming``): process --mode ..."""
+    """The dreaming agent worker (p8fs.workers.dreaming): `dreaming process --help`."""
     import importlib
 
     try:
@@ -391,7 +401,7 @@ def bridge(metrics_port: int | None) -> None:
     except ImportError as exc:
         raise RunnerCliError(f"the SeaweedFS bridge is not available: {exc}") from exc
     with _services(embed=True) as settings:
-        _run(_with_signals(lambda stop: run_bridge(settings, stop=stop)))
+        _run(_with_signals(lambda stop: run_bridge(settings, stop=stop, metrics_port=metrics_port)))
 
 
 if __name__ == "__main__":  # pragma: no cover
