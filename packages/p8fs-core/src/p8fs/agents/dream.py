@@ -218,7 +218,8 @@ class DreamModel(Agent):
         """The user and the document count are facts of the input, not the model's guess."""
         if agent_input.context.get("user_id"):
             result.user_id = agent_input.context["user_id"]
-        result.metrics.total_documents_analyzed = len(agent_input.records)
+        documents = agent_input.context.get("documents", len(agent_input.records))
+        result.metrics.total_documents_analyzed = int(documents)
         return result
 
     # -- merging ---------------------------------------------------------------------------
