@@ -12,7 +12,7 @@ violated constraint raises SQLAlchemy's own ``IntegrityError`` and rolls everyth
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from enum import Enum
 from pathlib import Path
@@ -30,6 +30,7 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from p8fs.database import schema
 from p8fs.database.errors import UnstorableText, classify, safe_url
+from p8fs.database.spool import RowSpool
 from p8fs.errors import ConfigurationError, InvalidPath
 from p8fs.ids import uri_hash
 from p8fs.models import ErrorRecord, FileRecord, Job, JobStatus, Moment, Resource, Session
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
     from p8fs.settings import Settings
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
+T = TypeVar("T")
+
+#: Resources inserted per statement when storing a stream (bounded statement size).
+RESOURCE_BATCH_SIZE = 200
 
 #: SQLite waits this long for another writer's lock before giving up (milliseconds).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -233,6 +238,39 @@ class Database:
         async with self._begin() as conn:
             await self._store_file(conn, file_row, resource_rows)
 
+    async def store_file_stream(
+        self,
+        file: FileRecord | Callable[[], FileRecord],
+        resources: AsyncIterable[Resource] | Iterable[Resource],
+        *,
+        batch_size: int = RESOURCE_BATCH_SIZE,
+    ) -> int:
+        """:meth:`store_file` for resources that arrive while a provider is still extracting.
+
+        ``resources`` is consumed first, into a bounded-memory :class:`RowSpool`, with no
+        transaction open (an extraction error therefore changes nothing). ``file`` may be a
+        callable, called once the resources are exhausted, so the row can carry the final
+        ``chunk_count``. Then one short transaction upserts the file, deletes its old resources
+        and inserts the new ones in batches. Returns the number of resources stored.
+        """
+        with RowSpool() as spool:
+            batch: list[dict[str, Any]] = []
+            async for resource in _aiter(resources):
+                batch.append(_to_row(resource, schema.resources))
+                if len(batch) >= batch_size:
+                    spool.write(batch)
+                    batch = []
+            spool.write(batch)
+            record = file() if callable(file) else file
+            file_row = self._file_row(record)
+            async with self._begin() as conn:
+                await self._upsert(conn, schema.files, [file_row])
+                await self._delete_resources(conn, record.tenant_id, record.id)
+                for rows in spool.batches():
+                    self._check_resource_rows(record, rows)
+                    await conn.execute(insert(schema.resources), rows)
+            return spool.rows
+
     async def replace_file(
         self,
         old_file_id: str,
@@ -396,27 +434,35 @@ class Database:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _file_rows(
-        self, file: FileRecord, resources: Sequence[Resource]
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Rows for a file and its resources, refusing resources that are not that file's."""
-        for resource in resources:
-            if resource.tenant_id != file.tenant_id:
+    def _file_row(self, file: FileRecord) -> dict[str, Any]:
+        row = _to_row(file, schema.files)
+        row["uri_hash"] = uri_hash(file.uri)
+        self._check_storable(schema.files, [row])
+        return row
+
+    def _check_resource_rows(self, file: FileRecord, rows: list[dict[str, Any]]) -> None:
+        """Refuse resources that are not ``file``'s (wrong tenant or file id), or unstorable."""
+        for row in rows:
+            if row["tenant_id"] != file.tenant_id:
                 raise InvalidPath(
-                    f"resource {resource.name!r} belongs to tenant {resource.tenant_id!r}, "
+                    f"resource {row['name']!r} belongs to tenant {row['tenant_id']!r}, "
                     f"its file to {file.tenant_id!r}",
                     tenant_id=file.tenant_id,
                 )
-            if resource.file_id != file.id:
+            if row["file_id"] != file.id:
                 raise ValueError(
-                    f"resource {resource.name!r} has file_id {resource.file_id!r}, "
+                    f"resource {row['name']!r} has file_id {row['file_id']!r}, "
                     f"not the stored file's {file.id!r}"
                 )
-        file_row = _to_row(file, schema.files)
-        file_row["uri_hash"] = uri_hash(file.uri)
+        self._check_storable(schema.resources, rows)
+
+    def _file_rows(
+        self, file: FileRecord, resources: Sequence[Resource]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Rows for a file and its resources, checked before any transaction starts."""
+        file_row = self._file_row(file)
         resource_rows = [_to_row(r, schema.resources) for r in resources]
-        self._check_storable(schema.files, [file_row])  # before the transaction starts
-        self._check_storable(schema.resources, resource_rows)
+        self._check_resource_rows(file, resource_rows)
         return file_row, resource_rows
 
     def _check_storable(self, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -437,19 +483,20 @@ class Database:
     async def _store_file(
         self, conn: AsyncConnection, file_row: dict[str, Any], resource_rows: list[dict[str, Any]]
     ) -> None:
-        r = schema.resources
         await self._upsert(conn, schema.files, [file_row])
-        await conn.execute(
-            delete(r).where(r.c.tenant_id == file_row["tenant_id"], r.c.file_id == file_row["id"])
-        )
+        await self._delete_resources(conn, file_row["tenant_id"], file_row["id"])
         if resource_rows:
-            await conn.execute(insert(r), resource_rows)
+            await conn.execute(insert(schema.resources), resource_rows)
+
+    async def _delete_resources(self, conn: AsyncConnection, tenant_id: str, file_id: str) -> None:
+        r = schema.resources
+        await conn.execute(delete(r).where(r.c.tenant_id == tenant_id, r.c.file_id == file_id))
 
     async def _delete_file(self, conn: AsyncConnection, tenant_id: str, file_id: str) -> bool:
-        f, r = schema.files, schema.resources
+        f = schema.files
         # Resources go explicitly rather than by ON DELETE CASCADE: TiDB before 6.6 parses
         # foreign keys without enforcing them.
-        await conn.execute(delete(r).where(r.c.tenant_id == tenant_id, r.c.file_id == file_id))
+        await self._delete_resources(conn, tenant_id, file_id)
         result = await conn.execute(delete(f).where(f.c.tenant_id == tenant_id, f.c.id == file_id))
         return bool(result.rowcount)
 
@@ -487,6 +534,15 @@ def _to_row(record: BaseModel, table: Table) -> dict[str, Any]:
         if isinstance(value, Enum):
             row[name] = value.value
     return row
+
+
+async def _aiter(items: AsyncIterable[T] | Iterable[T]) -> AsyncIterator[T]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
 
 
 def _contains_nul(value: Any) -> bool:
