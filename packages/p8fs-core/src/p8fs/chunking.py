@@ -229,9 +229,9 @@ class _Document:
 #: A cut goes *after* the string, so whitespace ends the chunk and the next one starts with text.
 _BOUNDARIES: tuple[tuple[str, ...], ...] = (
     ("\n\n", "\n\r\n"),  # paragraph (section breaks are "\n\n" too)
-    ("\n",),  # line
+    ("\n", "\r"),  # line (a lone "\r" is an old Mac line end; "\r\n" is never split)
     (". ", "! ", "? ", ".\t", "\u3002", "\uff01", "\uff1f", "; "),  # sentence (and CJK stops)
-    (" ", "\t", "\r", "\u3000"),  # word
+    (" ", "\t", "\u3000"),  # word
 )
 
 #: A preferred boundary is used only if it keeps at least this share of the possible chunk;
@@ -273,9 +273,10 @@ class TokenChunker(Chunker):
     indivisible unit.
 
     Overlap: every chunk but the first starts with about ``overlap_tokens`` tokens repeating the
-    end of the previous chunk, moved forward to a word start when there is one; ``Chunk.overlap``
-    is its length in characters, and the overlap counts towards ``max_tokens``. When overlap and
-    even one new character would not fit, that chunk has no overlap.
+    end of the previous chunk, moved to the nearer word start when there is one (so it may be a
+    few tokens more or less); ``Chunk.overlap`` is its length in characters, and the overlap
+    counts towards ``max_tokens``. When overlap and even one new character would not fit, that
+    chunk has no overlap.
     """
 
     name = "tokens"
@@ -368,6 +369,8 @@ class TokenChunker(Chunker):
                 found = buffer.rfind(needle, floor, hi_b)
                 if found >= 0:
                     best = max(best, found + len(needle))
+            if best > 0 and buffer[best - 1 : best + 1] == "\r\n":
+                best = best + 1 if best < hi_b else best - 1
             if best > lo_b:
                 return base + best
         # Anywhere: but keep "\r\n" and a character with its marks/joiners together if possible.
@@ -398,8 +401,10 @@ class TokenChunker(Chunker):
         if 0 < start < len(text) and not text[start - 1].isspace():
             space = _WHITESPACE_RUN.search(text, start)
             forward = space.end() if space is not None and space.end() < len(text) else None
-            # Look back no further than the forward candidate is away (C speed, bounded).
-            floor = max(0, 2 * start - forward) if forward is not None else 0
+            # Look back no further than the forward candidate is away, and never so far that
+            # the overlap more than doubles (C speed, bounded).
+            reach = (forward if forward is not None else len(text)) - start
+            floor = max(0, start - reach)
             last_space = _THROUGH_LAST_WHITESPACE.match(text, floor, start)
             backward = last_space.end() if last_space is not None else None
             if forward is not None and (backward is None or forward - start <= start - backward):
