@@ -253,6 +253,25 @@ def _token() -> str:
 # -- NATS -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class NatsTls:
+    """TLS for an embedded nats-server: its certificate and key, and (``verify``) the CA that
+    client certificates must chain to (mutual TLS)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    verify: bool = False
+
+    def server_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"cert_file": str(self.cert_file), "key_file": str(self.key_file)}
+        if self.ca_file is not None:
+            config["ca_file"] = str(self.ca_file)
+        if self.verify:
+            config["verify"] = True
+        return config
+
+
 @dataclass(eq=False)
 class EmbeddedNats:
     """A running ``nats-server`` with JetStream, user/password auth, on loopback."""
@@ -266,6 +285,7 @@ class EmbeddedNats:
     token: SecretStr | None = field(repr=False)
     process: subprocess.Popen[bytes] = field(repr=False)
     log_path: Path = field(repr=False)
+    tls: NatsTls | None = None
 
     @property
     def pid(self) -> int:
@@ -322,6 +342,7 @@ def start_nats(
     user: str | None = None,
     password: str | None = None,
     token: str | None = None,
+    tls: NatsTls | None = None,
     timeout: float = 15.0,
 ) -> EmbeddedNats:
     """Start ``nats-server -js`` in ``data_dir`` and wait until JetStream is enabled.
@@ -341,13 +362,15 @@ def start_nats(
         user = user or "p8fs"
         password = password or _token()
     authorization = {"token": token} if token is not None else {"user": user, "password": password}
-    config = {
+    config: dict[str, Any] = {
         "server_name": "p8fs-embedded",
         "listen": f"{LOOPBACK}:{port}",
         "http": f"{LOOPBACK}:{monitor_port}",
         "jetstream": {"store_dir": str(data_dir / "jetstream")},
         "authorization": authorization,
     }
+    if tls is not None:
+        config["tls"] = tls.server_config()
     config_path = data_dir / "nats-server.conf"
     _write_private(config_path, json.dumps(config, indent=2))
     log_path = data_dir / "nats-server.log"
@@ -362,6 +385,7 @@ def start_nats(
         token=SecretStr(token) if token is not None else None,
         process=process,
         log_path=log_path,
+        tls=tls,
     )
     _wait_ready(
         process,
