@@ -54,16 +54,16 @@ async def test_stream_is_stored_with_the_final_file_row(database: Database) -> N
     stored = await database.store_file_stream(
         lambda: file_row(produced, "v1"), resources(), batch_size=200
     )
-    assert stored == 450
-    got = await database.get_file(TENANT, FILE_ID)
-    assert got is not None and got.chunk_count == 450
+    assert stored.chunk_count == 450
+    assert await database.get_file(TENANT, FILE_ID) == stored
     rows = await database.list_resources(TENANT, file_id=FILE_ID)
     assert [r.ordinal for r in rows] == list(range(450))
     assert rows[449].content == "segment 449 · 段落 449"
 
     # A shorter new version replaces every old chunk.
     shorter = [chunk(i, f"v2 {i}") for i in range(3)]
-    assert await database.store_file_stream(file_row(3, "v2"), shorter) == 3
+    v2 = file_row(3, "v2")
+    assert await database.store_file_stream(v2, shorter) == v2
     assert [r.content for r in await database.list_resources(TENANT)] == ["v2 0", "v2 1", "v2 2"]
 
 
@@ -106,7 +106,8 @@ async def test_no_write_lock_is_held_while_extracting(tmp_path: Path) -> None:
             await other.upsert_job(Job(tenant_id=TENANT, job_type="concurrent"))
             yield chunk(1, "second")
 
-        assert await db.store_file_stream(file_row(2, "v1"), resources()) == 2
+        stored = await db.store_file_stream(file_row(2, "v1"), resources())
+        assert stored.content_hash == "v1"
         assert await db.count("jobs") == 1
         assert await db.count("resources") == 2
 

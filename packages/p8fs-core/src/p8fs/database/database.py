@@ -244,14 +244,15 @@ class Database:
         resources: AsyncIterable[Resource] | Iterable[Resource],
         *,
         batch_size: int = RESOURCE_BATCH_SIZE,
-    ) -> int:
+    ) -> FileRecord:
         """:meth:`store_file` for resources that arrive while a provider is still extracting.
 
         ``resources`` is consumed first, into a bounded-memory :class:`RowSpool`, with no
         transaction open (an extraction error therefore changes nothing). ``file`` may be a
         callable, called once the resources are exhausted, so the row can carry the final
         ``chunk_count``. Then one short transaction upserts the file, deletes its old resources
-        and inserts the new ones in batches. Returns the number of resources stored.
+        and inserts the new ones in batches. Returns the file record exactly as stored (call
+        ``file`` only through here, so the row and what the caller reports are the same).
         """
         with RowSpool() as spool:
             batch: list[dict[str, Any]] = []
@@ -269,7 +270,7 @@ class Database:
                 for rows in spool.batches():
                     self._check_resource_rows(record, rows)
                     await conn.execute(insert(schema.resources), rows)
-            return spool.rows
+            return record
 
     async def replace_file(
         self,
