@@ -161,25 +161,25 @@ def _chunk_metadata(
 class _Document:
     """The document text as sections stream in, holding only what is not yet chunked.
 
-    ``buffer`` holds the text from document offset ``base`` on; :meth:`release` lets go of text
-    (and section spans) before an offset, compacting the buffer only once at least half of it
-    is released, so trimming costs amortised O(1) per character.
+    Text read from sections is collected as pieces and joined into one string only when it is
+    looked at (:meth:`view`, :meth:`text`), so many tiny sections cost one join per chunk rather
+    than one copy of the buffer each. The joined ``buffer`` starts at document offset ``base``;
+    :meth:`release` lets go of text (and section spans) before an offset, compacting only once
+    at least half of the buffer is released, so trimming costs amortised O(1) per character.
     """
 
-    __slots__ = ("_sections", "base", "buffer", "exhausted", "ordinal", "spans")
+    __slots__ = ("_pieces", "_sections", "base", "buffer", "end", "exhausted", "ordinal", "spans")
 
     def __init__(self, sections: Iterable[Section]) -> None:
         self._sections = iter(sections)
+        self._pieces: list[str] = []
         self.buffer = ""
         self.base = 0
+        #: Document offset just past the text read so far.
+        self.end = 0
         self.exhausted = False
         self.ordinal = 0
         self.spans: deque[_Span] = deque()
-
-    @property
-    def end(self) -> int:
-        """Document offset just past the text read so far."""
-        return self.base + len(self.buffer)
 
     def pull(self) -> bool:
         """Read one more section; ``False`` once there are none."""
@@ -195,10 +195,12 @@ class _Document:
                 f"section {self.ordinal} has text of type {type(text).__name__}, not str"
             )
         if self.ordinal:
-            self.buffer += SECTION_SEPARATOR
+            self._pieces.append(SECTION_SEPARATOR)
+            self.end += len(SECTION_SEPARATOR)
         start = self.end
-        self.buffer += text
-        self.spans.append(_Span(start, start + len(text), section.metadata or {}, self.ordinal))
+        self._pieces.append(text)
+        self.end += len(text)
+        self.spans.append(_Span(start, self.end, section.metadata or {}, self.ordinal))
         self.ordinal += 1
         return True
 
@@ -207,17 +209,26 @@ class _Document:
         while self.end < upto and self.pull():
             pass
 
+    def view(self) -> tuple[str, int]:
+        """The joined pending text and the document offset of its first character."""
+        if self._pieces:
+            self.buffer = "".join([self.buffer, *self._pieces])
+            self._pieces.clear()
+        return self.buffer, self.base
+
     def text(self, start: int, end: int) -> str:
-        return self.buffer[start - self.base : end - self.base]
+        buffer, base = self.view()
+        return buffer[start - base : end - base]
 
     def release(self, offset: int) -> None:
         """Forget text and sections that end before document offset ``offset``."""
         spans = self.spans
         while spans and (spans[0].end < offset or (spans[0].start == spans[0].end < offset)):
             spans.popleft()
-        drop = offset - self.base
-        if drop > 0 and drop * 2 >= len(self.buffer):
-            self.buffer = self.buffer[drop:]
+        buffer, base = self.view()
+        drop = offset - base
+        if drop > 0 and drop * 2 >= len(buffer):
+            self.buffer = buffer[drop:]
             self.base = offset
 
 
@@ -358,7 +369,7 @@ class TokenChunker(Chunker):
     @staticmethod
     def _cut(doc: _Document, pos: int, hi: int) -> int:
         """The best cut in ``(pos, hi]`` (document offsets), ``hi`` being the furthest that fits."""
-        buffer, base = doc.buffer, doc.base
+        buffer, base = doc.view()
         lo_b, hi_b = pos - base, hi - base
         if hi_b - lo_b <= 1:
             return hi
