@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p8fs.chunking import SECTION_SEPARATOR, Chunk, RecordChunker, TokenChunker
+from p8fs.chunking import SECTION_SEPARATOR, Chunk, Chunker, RecordChunker, TokenChunker
 from p8fs.errors import ConfigurationError
 from p8fs.plugins import load_plugins
 from p8fs.providers import ExtractContext, Section
@@ -221,7 +221,8 @@ def test_overlap_repeats_about_n_tokens_starting_at_a_word() -> None:
         assert not repeated[0].isspace()
 
 
-def test_streaming_reads_only_what_the_next_chunk_needs() -> None:
+@pytest.mark.parametrize("chunker_class", [TokenChunker, RecordChunker])
+def test_streaming_reads_only_what_the_next_chunk_needs(chunker_class: type[Chunker]) -> None:
     pulled = 0
 
     def sections() -> Iterator[Section]:
@@ -232,7 +233,7 @@ def test_streaming_reads_only_what_the_next_chunk_needs() -> None:
                 f"Paragraph {i} says something short about item {i}.", {"page": i // 50 + 1}
             )
 
-    chunks = TokenChunker(200, 20).chunk(sections())
+    chunks = chunker_class(200, 20).chunk(sections())
     first = next(chunks)
     assert first.token_count <= 200
     assert pulled < 100, f"read {pulled} sections for a 200-token chunk"
