@@ -345,3 +345,26 @@ async def test_run_bridge_serves_probes_and_metrics(
         await nc.close()
     assert stats.published == 1
     assert (await asyncio.to_thread(get, "/healthz"))[0] == 0  # the server is gone
+
+
+async def test_an_unreachable_filer_is_retried_until_stopped(
+    runner_settings: RunnerSettings,
+) -> None:
+    """``filer.meta.tail`` exits at once when the filer is down; the bridge keeps retrying with
+    backoff, reports itself not ready, and still stops when asked."""
+    from p8fs_runner.embedded import free_weed_port
+
+    settings = runner_settings.model_copy(
+        update={"seaweedfs_filer": f"127.0.0.1:{free_weed_port()}"}
+    )
+    async with RunningBridge(settings) as running:
+
+        async def retried() -> bool:
+            assert running.bridge is not None
+            return running.bridge.stats.tail_starts >= 2
+
+        await wait_for(retried, within=20)
+        assert running.bridge is not None and not running.bridge.following()
+    # Leaving the block stopped it (within RunningBridge's 30 s bound, backoff included).
+    assert running.task is not None and running.task.done()
+    assert running.stats.published == 0

@@ -57,6 +57,8 @@ CHECKPOINT = Gauge(
 MAX_LINE = 16 * 1024 * 1024
 #: Largest document accumulated before it is declared broken and skipped.
 MAX_DOCUMENT = 32 * 1024 * 1024
+#: Seconds ``filer.meta.tail`` must have run before the bridge reports itself ready.
+FOLLOWING_AFTER = 2.0
 
 
 @dataclass
@@ -151,10 +153,16 @@ class FilerBridge:
         self.key = checkpoint_key(settings.bridge_path_prefix)
         self.stats = BridgeStats()
         self._process: asyncio.subprocess.Process | None = None
+        self._process_started = 0.0
 
     def following(self) -> bool:
-        """Whether ``filer.meta.tail`` is running right now (for ``/readyz``)."""
-        return self._process is not None and self._process.returncode is None
+        """Whether ``filer.meta.tail`` is running and has outlived a failed connection (for
+        ``/readyz``): it exits within milliseconds when the filer is unreachable."""
+        return (
+            self._process is not None
+            and self._process.returncode is None
+            and time.monotonic() - self._process_started > FOLLOWING_AFTER
+        )
 
     # -- checkpoint ---------------------------------------------------------------------
 
@@ -322,7 +330,7 @@ class FilerBridge:
         while not stop.is_set():
             process = await self._start_tail(checkpoint)
             self._process = process
-            started = time.monotonic()
+            started = self._process_started = time.monotonic()
             queue: asyncio.Queue[dict[str, Any] | str | None] = asyncio.Queue(maxsize=1000)
             reader = asyncio.create_task(self._read(process, queue))
             errors = asyncio.create_task(self._log_stderr(process))
