@@ -259,3 +259,31 @@ def _invalid(path: Path) -> bool:
     except json.JSONDecodeError:
         return True
     return False
+
+
+async def test_benchmark_scores_the_model_against_the_baseline(
+    llm_server: FakeLLMServer, expected_by_transcript, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/moments_eval.py with a key: both tables, computed over the whole corpus."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "moments_eval", REPO_ROOT / "benchmarks" / "moments_eval.py"
+    )
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    llm_server.responder = answer_from_corpus(expected_by_transcript, corpus_moment_reply)
+
+    assert await bench.run(None, with_model=True) == 0
+
+    out = capsys.readouterr().out
+    assert "baseline (no model)" in out and "MomentBuilder (default model)" in out
+    # Echoing the expected moments scores 1.00 on every measure; the baseline does not.
+    model_mean = re.search(r"MomentBuilder minus baseline: (.*)", out)
+    assert model_mean, out
+    deltas = dict(part.split(" ") for part in model_mean.group(1).split(", "))
+    assert float(deltas["topic_jaccard"]) > 0.9  # the baseline has no tags at all
+    assert float(deltas["time_iou"]) == 0.0  # both cover the recording exactly
+    assert "line 78 column 20" in out
+    assert len(llm_server.message_requests()) == len(expected_by_transcript)

@@ -206,7 +206,8 @@ def mean_scores(scores: list[CaseScore]) -> dict[str, float]:
 
 
 def score_table(scores: list[CaseScore], failures: dict[str, str] | None = None) -> Any:
-    """A rich table: one row per case, the mean last, failed cases with their error."""
+    """A rich table: one row per case, failed cases marked (their errors are printed apart),
+    the mean last."""
     from rich.table import Table
 
     table = Table(title="MomentBuilder eval", show_lines=False)
@@ -220,8 +221,8 @@ def score_table(scores: list[CaseScore], failures: dict[str, str] | None = None)
             f"{s.expected_moments}/{s.predicted_moments}",
             *(f"{getattr(s, f):.2f}" for f in SCORE_FIELDS),
         )
-    for case, error in (failures or {}).items():
-        table.add_row(case, "-", f"[red]error: {error}[/red]", "", "", "", "", "")
+    for case in failures or {}:
+        table.add_row(case, "[red]failed[/red]", *("-" for _ in SCORE_FIELDS))
     if scores:
         means = mean_scores(scores)
         table.add_section()

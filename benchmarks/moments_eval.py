@@ -1,0 +1,137 @@
+"""MomentBuilder over the corpus moment samples, scored, beside a no-LLM baseline.
+
+With ``ANTHROPIC_API_KEY`` set (and optionally ``ANTHROPIC_BASE_URL``, ``--model``), every
+``*_input.json`` of ``transcripts/p8fs_moment_samples`` runs through MomentBuilder exactly as
+``p8fs eval`` runs it, and the score table is printed: moment-type agreement, emotion/topic tag
+Jaccard, time IoU, present-person precision/recall, plus seconds per transcript.
+
+The peer it is read against is a baseline that uses no model at all: one moment spanning the
+whole recording, typed ``meeting`` when two or more people speak and ``reflection`` otherwise,
+with every listed speaker present and no tags. What MomentBuilder adds is the difference between
+the two tables (the baseline gets time and people right by construction; types and tags are
+where a model must earn its keep). The baseline always runs; without a key the model run is
+skipped with a message and the exit status is 0.
+
+Run: ``uv run --all-packages --all-extras python benchmarks/moments_eval.py [--model M]``.
+Corpus location: ``P8FS_CORPUS_DIR`` (default: ``../shared/corpus`` beside the repository).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = "transcripts/p8fs_moment_samples"
+
+
+def corpus_dir() -> Path:
+    return Path(os.environ.get("P8FS_CORPUS_DIR", REPO_ROOT.parent / "shared" / "corpus"))
+
+
+def baseline(transcript: Any) -> dict[str, Any]:
+    """The no-model peer: the whole recording as one moment with everyone in it."""
+    start, end = transcript.bounds()
+    speakers = {s.speaker_id for s in transcript.segments}
+    return {
+        "moments": [
+            {
+                "moment_type": "meeting" if len(speakers) >= 2 else "reflection",
+                "resource_timestamp": start.isoformat() if start else None,
+                "resource_ends_timestamp": end.isoformat() if end else None,
+                "emotion_tags": [],
+                "topic_tags": [],
+                "present_persons": [s.model_dump() for s in transcript.speakers],
+            }
+        ]
+    }
+
+
+async def run(model: str | None, with_model: bool) -> int:
+    from rich.console import Console
+
+    from p8fs.agents import MomentBuilder, read_transcript
+    from p8fs.agents.scoring import mean_scores, score_case, score_table
+    from p8fs.errors import ConfigurationError, P8fsError
+
+    console = Console(width=150)
+    root = corpus_dir() / SAMPLES
+    if not root.is_dir():
+        console.print(f"corpus samples not found at {root} (set P8FS_CORPUS_DIR)")
+        return 0
+    cases = sorted(root.rglob("*_input.json"))
+    base_scores, model_scores, failures = [], [], {}
+    seconds: list[float] = []
+    for path in cases:
+        name = str(path.relative_to(root))
+        expected = json.loads(
+            path.with_name(path.name.replace("_input.json", "_expected_moment.json")).read_text()
+        )
+        try:
+            transcript = read_transcript(path)
+        except P8fsError as exc:
+            failures[name] = str(exc)
+            continue
+        base_scores.append(score_case(name, baseline(transcript), expected))
+        if not with_model:
+            continue
+        started = time.perf_counter()
+        try:
+            result = await MomentBuilder.arun(transcript, model=model)
+        except ConfigurationError:
+            raise
+        except P8fsError as exc:
+            failures[name] = str(exc)
+            continue
+        seconds.append(time.perf_counter() - started)
+        model_scores.append(score_case(name, result, expected))
+
+    table = score_table(base_scores, failures)
+    table.title = "baseline (no model): whole recording, all speakers, no tags"
+    console.print(table)
+    for name, error in failures.items():
+        console.print(f"failed: {name}: {error}", markup=False)
+    if not with_model:
+        console.print(
+            "ANTHROPIC_API_KEY is not set: MomentBuilder was not run (set it to score the model)."
+        )
+        return 0
+    table = score_table(model_scores, failures)
+    table.title = f"MomentBuilder ({model or 'default model'})"
+    console.print(table)
+    if seconds:
+        console.print(
+            f"{len(seconds)} transcripts, {sum(seconds) / len(seconds):.1f} s each on average"
+        )
+    base, got = mean_scores(base_scores), mean_scores(model_scores)
+    console.print(
+        "MomentBuilder minus baseline: "
+        + ", ".join(f"{key} {got[key] - base[key]:+.2f}" for key in base)
+    )
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="LLM (default P8FS_DEFAULT_MODEL)")
+    args = parser.parse_args()
+    with_model = bool(
+        os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("P8FS_ANTHROPIC_API_KEY")
+    )
+    if args.model and args.model.startswith("openai/"):
+        with_model = bool(
+            os.environ.get("OPENAI_API_KEY")
+            or os.environ.get("P8FS_LLM_BASE_URL")
+            or os.environ.get("OPENAI_BASE_URL")
+        )
+    return asyncio.run(run(args.model, with_model))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
