@@ -96,6 +96,7 @@ def test_nats_binds_loopback_only_and_keeps_secrets_off_the_command_line(
     assert password not in repr(nats_server)
     config = nats_server.data_dir / "nats-server.conf"
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert password not in nats_server.log_path.read_text()
     assert json.loads(config.read_text())["authorization"]["password"] == password
 
 
@@ -178,6 +179,10 @@ def test_weed_binds_loopback_only_and_keeps_secrets_off_the_command_line(
     assert seaweedfs.secret_key not in repr(seaweedfs)
     config = seaweedfs.data_dir / "s3.json"
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    logs = [seaweedfs.log_path, *sorted((seaweedfs.data_dir / "logs").glob("*"))]
+    for log in logs:
+        if log.is_file():
+            assert seaweedfs.secret_key not in log.read_text(errors="replace"), log.name
 
 
 # -- ensure_services -------------------------------------------------------------------------
