@@ -232,7 +232,7 @@ def test_ignorable_events_are_none(document: dict[str, Any]) -> None:
 
 
 def test_moves_into_and_out_of_buckets() -> None:
-    into = _tail("/tmp-staging", _file("a.txt"), old=_file("a.txt"))
+    into = _tail("/staging", _file("a.txt"), old=_file("a.txt"))
     into["eventNotification"]["newParentPath"] = "/buckets/t-a"
     event = parse_event(into)
     assert event is not None and event.event_type is EventType.CREATE and event.key == "a.txt"
