@@ -355,3 +355,38 @@ def test_python_m_dreaming_direct(llm_server: FakeLLMServer, tmp_path: Path) -> 
 
     [job] = run_async(check)
     assert job.result["goals"][0]["priority"] == "high"
+
+
+async def test_openai_model_goes_through_openai_batch_api(
+    llm_server: FakeLLMServer, sqlite_database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OpenAI model: JSONL uploaded to /v1/files, /v1/batches, output file read back."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", llm_server.url + "/v1")
+    await load_corpus_tenant(sqlite_database, "tenant-oa")
+    llm_server.responder = dream_from_request
+    worker = DreamingWorker(sqlite_database, model="openai/gpt-4o-mini")
+
+    [job] = await worker.process_batch(["tenant-oa"])
+
+    assert job.status == JobStatus.SUBMITTED
+    assert job.payload["provider"] == "openai" and job.payload["batch_id"].startswith("batch_")
+    [upload] = [r for r in llm_server.requests if r.path == "/v1/files"]
+    [line] = [
+        json.loads(x) for x in upload.raw.decode().split("\r\n") if x.startswith('{"custom_id"')
+    ]
+    assert line["custom_id"] == job.payload["custom_id"]
+    assert line["body"]["model"] == "gpt-4o-mini"
+    assert line["body"]["tool_choice"]["function"]["name"] == "DreamModel"
+    from p8fs.agents import DreamModel
+
+    assert line["body"]["tools"][0]["function"]["parameters"] == DreamModel.model_json_schema()
+
+    assert await worker.process_completion() == []  # still in progress
+    llm_server.end_batches()
+    [done] = await worker.process_completion()
+    assert done.status == JobStatus.COMPLETED
+    assert (
+        done.result is not None and done.result["goals"][0]["goal"] == "Launch Project Alpha in Q1"
+    )
+    assert await worker.process_completion() == []
