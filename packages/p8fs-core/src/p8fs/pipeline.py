@@ -28,12 +28,13 @@ from p8fs.errors import (
     InvalidPath,
     P8fsError,
     ProviderError,
+    UnsupportedContent,
     error_code,
     is_permanent,
 )
 from p8fs.models import ErrorRecord, FileRecord, Resource, utcnow
 from p8fs.providers import ContentProvider, ExtractContext
-from p8fs.sniff import GENERIC_MIME_TYPES, extension_of, sniff_mime
+from p8fs.sniff import GENERIC_MIME_TYPES, extension_of, is_textual, sniff_mime
 from p8fs.storage import SourceFile, fetch, normalize_uri, storage_options_from_settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,7 +68,14 @@ def choose_provider(registry: Registry, mime_type: str, filename: str) -> type[C
     ext = extension_of(filename)
     if mime_type in GENERIC_MIME_TYPES and ext and registry.providers_for_extension(ext):
         return registry.provider_for(None, ext)
-    return registry.provider_for(mime_type, ext)
+    try:
+        return registry.provider_for(mime_type, ext)
+    except UnsupportedContent:
+        # A text format nobody claims specifically (subtitles without their plugin, source
+        # code, logs) is still text: better stored as plain text than refused.
+        if is_textual(mime_type) and registry.providers_for_mime("text/plain"):
+            return registry.provider_for("text/plain", None)
+        raise
 
 
 def resource_name(filename: str, index: int) -> str:
@@ -221,6 +229,7 @@ async def _ingest_source(
             count += 1
 
     def file_record() -> FileRecord:
+        """The files row, built once the last chunk is known (so it carries the final count)."""
         metadata = dict(context.metadata)
         if context.warnings:
             metadata["warnings"] = list(context.warnings)
@@ -239,8 +248,8 @@ async def _ingest_source(
             updated_at=utcnow(),
         )
 
-    await database.store_file_stream(file_record, resources())
-    return IngestResult(file_record(), count, False, provider.name, list(context.warnings))
+    stored = await database.store_file_stream(file_record, resources())
+    return IngestResult(stored, count, False, provider.name, list(context.warnings))
 
 
 async def _threaded(items: Iterator[Any], context: ExtractContext) -> AsyncIterator[Any]:

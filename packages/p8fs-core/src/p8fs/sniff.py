@@ -73,7 +73,7 @@ def guess_from_name(name: str) -> str | None:
     return guessed
 
 
-def _is_textual(mime: str | None) -> bool:
+def is_textual(mime: str | None) -> bool:
     return bool(mime) and (
         mime.startswith("text/")  # type: ignore[union-attr]
         or mime in {"application/json", "application/yaml", "application/xml", "application/x-subrip",
@@ -167,6 +167,6 @@ def _sniff_text(head: bytes, by_name: str | None) -> str:
         if by_name and ("xml" in by_name or "html" in by_name or "svg" in by_name):
             return by_name
         return "application/xml"
-    if by_name and _is_textual(by_name):
+    if by_name and is_textual(by_name):
         return by_name
     return "text/plain"

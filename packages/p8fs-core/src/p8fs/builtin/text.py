@@ -22,7 +22,7 @@ from p8fs.providers import ContentProvider, ExtractContext, Section, Source, sou
 #: Read size; sections are emitted once this much text is buffered (at the next blank line).
 READ_BYTES = 1 << 16
 #: Files up to this size are inspected whole for their encoding (exact for mixed files).
-WHOLE_FILE_DETECTION_BYTES = 4 << 20
+WHOLE_FILE_DETECTION_BYTES = 1 << 20
 
 _ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t#]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
