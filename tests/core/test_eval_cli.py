@@ -287,3 +287,42 @@ async def test_benchmark_scores_the_model_against_the_baseline(
     assert float(deltas["time_iou"]) == 0.0  # both cover the recording exactly
     assert "line 78 column 20" in out
     assert len(llm_server.message_requests()) == len(expected_by_transcript)
+
+
+def test_eval_runs_other_agents_from_json(llm_server: FakeLLMServer, tmp_path: Path) -> None:
+    """Any registered agent: DreamModel over a JSON file of sessions and resources."""
+    data = {
+        "tenant_id": "eval-user",
+        "sessions": [
+            {
+                "tenant_id": "eval-user",
+                "name": "chat",
+                "messages": [{"role": "user", "content": "I want to run a marathon in May."}],
+            }
+        ],
+    }
+    source = tmp_path / "user.json"
+    source.write_text(json.dumps(data))
+
+    def reply(request: RecordedRequest) -> dict[str, Any]:
+        assert "user: I want to run a marathon in May." in request.user_text
+        return {
+            "goals": [{"goal": "Run a marathon in May", "category": "health", "priority": "high"}]
+        }
+
+    llm_server.responder = reply
+    result = run_eval(
+        "--agent-model", "agentlets.dreaming.DreamModel", "--file", str(source), "--format", "json"
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["goals"] == [
+        {"goal": "Run a marathon in May", "category": "health", "priority": "high"}
+    ]
+    assert out["user_id"] == "eval-user"
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"tenant_id": "x",\n  "sessions": [}\n')
+    failed = run_eval("--agent-model", "agentlets.dreaming.DreamModel", "--file", str(broken))
+    assert failed.exit_code == 1
+    assert "invalid JSON at line 2 column 16" in failed.output

@@ -110,23 +110,23 @@ async def submit_batch(requests: list[BatchRequest], config: LLMConfig) -> str:
         raise ValueError("a batch needs at least one request")
     try:
         if config.provider == "anthropic":
-            client = _anthropic_client(config)
-            batch = await client.messages.batches.create(
-                requests=[
-                    {"custom_id": r.custom_id, "params": anthropic_params(r, config)}
-                    for r in requests
-                ]
-            )
-            return str(batch.id)
-        oclient = _openai_client(config)
+            async with _anthropic_client(config) as client:
+                batch = await client.messages.batches.create(
+                    requests=[
+                        {"custom_id": r.custom_id, "params": anthropic_params(r, config)}
+                        for r in requests
+                    ]
+                )
+                return str(batch.id)
         lines = "".join(json.dumps(openai_line(r, config)) + "\n" for r in requests)
-        uploaded = await oclient.files.create(
-            file=("p8fs-batch.jsonl", io.BytesIO(lines.encode("utf-8"))), purpose="batch"
-        )
-        obatch = await oclient.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
-        return str(obatch.id)
+        async with _openai_client(config) as oclient:
+            uploaded = await oclient.files.create(
+                file=("p8fs-batch.jsonl", io.BytesIO(lines.encode("utf-8"))), purpose="batch"
+            )
+            obatch = await oclient.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            return str(obatch.id)
     except Exception as exc:
         raise translate_error(exc, requests[0].agent, config) from exc
 
@@ -135,14 +135,15 @@ async def fetch_batch(batch_id: str, config: LLMConfig, agent: type[Agent]) -> B
     """The batch's state and, once it has ended, each request's tool input or error."""
     try:
         if config.provider == "anthropic":
-            return await _fetch_anthropic(batch_id, config, agent)
-        return await _fetch_openai(batch_id, config, agent)
+            async with _anthropic_client(config) as client:
+                return await _fetch_anthropic(client, batch_id, agent)
+        async with _openai_client(config) as oclient:
+            return await _fetch_openai(oclient, batch_id, agent)
     except Exception as exc:
         raise translate_error(exc, agent, config) from exc
 
 
-async def _fetch_anthropic(batch_id: str, config: LLMConfig, agent: type[Agent]) -> BatchResults:
-    client = _anthropic_client(config)
+async def _fetch_anthropic(client: Any, batch_id: str, agent: type[Agent]) -> BatchResults:
     batch = await client.messages.batches.retrieve(batch_id)
     if batch.processing_status != "ended":
         return BatchResults("in_progress", detail=str(batch.processing_status))
@@ -168,8 +169,7 @@ async def _fetch_anthropic(batch_id: str, config: LLMConfig, agent: type[Agent])
     return out
 
 
-async def _fetch_openai(batch_id: str, config: LLMConfig, agent: type[Agent]) -> BatchResults:
-    client = _openai_client(config)
+async def _fetch_openai(client: Any, batch_id: str, agent: type[Agent]) -> BatchResults:
     batch = await client.batches.retrieve(batch_id)
     if batch.status in ("validating", "in_progress", "finalizing", "cancelling"):
         return BatchResults("in_progress", detail=str(batch.status))

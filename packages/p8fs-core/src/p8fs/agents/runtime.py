@@ -244,7 +244,26 @@ async def arun_agent(
         context_tokens=context_tokens,
     )
     chunks = plan_chunks(cls, agent_input, config)
-    client = client or make_client(config)
+    if client is not None:
+        return await _run_chunks(cls, agent_input, chunks, client, config)
+    client = make_client(config)
+    try:
+        return await _run_chunks(cls, agent_input, chunks, client, config)
+    finally:
+        await close_client(client)
+
+
+async def close_client(client: Any) -> None:
+    """Close the SDK client under an instructor client (its HTTP connection pool)."""
+    inner = getattr(client, "client", None)
+    close = getattr(inner, "close", None)
+    if close is not None:
+        await close()
+
+
+async def _run_chunks(
+    cls: type[A], agent_input: AgentInput, chunks: list[str], client: Any, config: LLMConfig
+) -> A:
     limiter = asyncio.Semaphore(config.concurrency)
 
     async def one(index: int, text: str) -> A:
