@@ -368,3 +368,38 @@ async def test_an_unreachable_filer_is_retried_until_stopped(
     # Leaving the block stopped it (within RunningBridge's 30 s bound, backoff included).
     assert running.task is not None and running.task.done()
     assert running.stats.published == 0
+
+
+async def test_changes_wait_for_the_stream_when_the_router_has_not_run(
+    bridge_settings: RunnerSettings, s3fs_filesystem: Any, s3_bucket: str
+) -> None:
+    """Before the router creates P8FS_STORAGE_EVENTS nothing can be published: the bridge keeps
+    the change (and its checkpoint) until the stream exists, then publishes it once."""
+    nc = await nats.connect(**bridge_settings.nats_connect_options())
+    js = nc.jetstream()
+    try:
+        async with RunningBridge(bridge_settings) as running:
+            await asyncio.to_thread(s3fs_filesystem.pipe, f"{s3_bucket}/early.txt", b"early")
+
+            async def attempted() -> bool:
+                assert running.bridge is not None
+                return running.bridge.stats.publish_retries >= 2
+
+            await wait_for(attempted)
+            assert running.bridge is not None and running.bridge.stats.published == 0
+            checkpoint_before = running.bridge.stats.checkpoint_ns
+            await js.add_stream(stream_config(ROUTER))
+
+            async def arrived() -> bool:
+                return len(await stream_messages(js)) == 1
+
+            await wait_for(arrived)
+        messages = await stream_messages(js)
+    finally:
+        await nc.close()
+    assert [body["key"] for _, body in messages] == ["early.txt"]
+    assert running.stats.published == 1
+    # The checkpoint never moved past the change while it could not be published.
+    early_ts = int(messages[0][1]["ts_ns"])
+    assert checkpoint_before is None or checkpoint_before < early_ts
+    assert running.stats.checkpoint_ns is not None and running.stats.checkpoint_ns >= early_ts

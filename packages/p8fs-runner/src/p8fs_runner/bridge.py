@@ -55,6 +55,10 @@ CHECKPOINT = Gauge(
 
 #: Longest line ``weed filer.meta.tail`` may print (small files' content is inlined in entries).
 MAX_LINE = 16 * 1024 * 1024
+#: Seconds a burst of pipelined publishes may wait for its acknowledgements.
+ACK_TIMEOUT = 10.0
+#: Bytes read from the tail's output at a time.
+READ_CHUNK = 256 * 1024
 #: Largest document accumulated before it is declared broken and skipped.
 MAX_DOCUMENT = 32 * 1024 * 1024
 #: Seconds ``filer.meta.tail`` must have run before the bridge reports itself ready.
@@ -75,6 +79,8 @@ class BridgeStats:
     invalid: int = 0
     #: Changes at or before the checkpoint, re-read because of the replay margin.
     skipped_before_checkpoint: int = 0
+    #: Publishes that failed and were retried (broker down, stream not created yet).
+    publish_retries: int = 0
     tail_starts: int = 0
     checkpoint_ns: int | None = None
 
@@ -117,6 +123,16 @@ class MetaTailDecoder:
                 yield text
                 return
             yield document if isinstance(document, dict) else text
+
+
+@dataclass
+class _Outgoing:
+    """One change on its way out: its filer time, and the message (None: nothing to send)."""
+
+    ts_ns: int | None
+    payload: bytes | None
+    msg_id: str
+    retry: bool = False
 
 
 def checkpoint_key(path_prefix: str) -> str:
@@ -203,6 +219,14 @@ class FilerBridge:
 
     # -- publishing ---------------------------------------------------------------------
 
+    def _count(self, ack: Any) -> None:
+        if ack.duplicate:
+            self.stats.duplicates += 1
+            EVENTS.labels("duplicate").inc()
+        else:
+            self.stats.published += 1
+            EVENTS.labels("published").inc()
+
     async def publish(self, payload: bytes, msg_id: str, stop: asyncio.Event) -> bool:
         """Publish until the stream acknowledges (a broker restart is waited out).
         Returns False only when asked to stop before it succeeded."""
@@ -217,6 +241,7 @@ class FilerBridge:
                     headers={"Nats-Msg-Id": msg_id},
                 )
             except Exception as exc:
+                self.stats.publish_retries += 1
                 log.warning(
                     "bridge: publish to %s failed (%s: %s); is the router running (it creates "
                     "the stream %s)? retrying in %.1f s",
@@ -232,18 +257,11 @@ class FilerBridge:
                     return False
                 delay = min(delay * 2, 10.0)
                 continue
-            if ack.duplicate:
-                self.stats.duplicates += 1
-                EVENTS.labels("duplicate").inc()
-            else:
-                self.stats.published += 1
-                EVENTS.labels("published").inc()
+            self._count(ack)
             return True
 
-    async def handle(
-        self, document: dict[str, Any] | str, checkpoint: int | None, stop: asyncio.Event
-    ) -> int | None:
-        """Publish one change; return its ``tsNs`` once handled (None: nothing to record)."""
+    def prepare(self, document: dict[str, Any] | str, checkpoint: int | None) -> _Outgoing:
+        """Decide what one change becomes: skipped, ignored, or a message to publish."""
         ts_ns: int | None = None
         if isinstance(document, dict):
             raw_ts = document.get("tsNs")
@@ -252,24 +270,60 @@ class FilerBridge:
             if ts_ns is not None and checkpoint is not None and ts_ns <= checkpoint:
                 self.stats.skipped_before_checkpoint += 1
                 EVENTS.labels("before_checkpoint").inc()
-                return None
+                return _Outgoing(None, None, "")
         try:
             event = parse_event(document)
         except InvalidEvent as exc:
             text = document if isinstance(document, str) else json.dumps(document)
             log.warning("bridge: invalid filer event, publishing it for dead-lettering: %s", exc)
-            if not await self.publish(text.encode(), raw_msg_id(text), stop):
-                return None
             self.stats.invalid += 1
             EVENTS.labels("invalid").inc()
-            return ts_ns
+            return _Outgoing(ts_ns, text.encode(), raw_msg_id(text))
         if event is None:
             self.stats.ignored += 1
             EVENTS.labels("ignored").inc()
-            return ts_ns
-        if not await self.publish(event.to_json(), event.dedupe_id(), stop):
-            return None
-        return ts_ns
+            return _Outgoing(ts_ns, None, "")
+        return _Outgoing(ts_ns, event.to_json(), event.dedupe_id())
+
+    async def publish_batch(
+        self, documents: list[dict[str, Any] | str], checkpoint: int | None, stop: asyncio.Event
+    ) -> int | None:
+        """Publish a burst of changes pipelined (acks awaited together, order kept by the one
+        connection); a failed one is retried alone until it succeeds. Returns the newest
+        ``tsNs`` handled without a gap, i.e. what may be checkpointed."""
+        outgoing = [self.prepare(document, checkpoint) for document in documents]
+        futures: list[asyncio.Future[Any] | None] = []
+        for item in outgoing:
+            if item.payload is None:
+                futures.append(None)
+                continue
+            try:
+                future = await self.js.publish_async(
+                    EVENTS_SUBJECT,
+                    item.payload,
+                    stream=EVENTS_STREAM,
+                    headers={"Nats-Msg-Id": item.msg_id},
+                )
+            except Exception:
+                future = None
+                item.retry = True
+            futures.append(future)
+        waiting = [f for f in futures if f is not None]
+        if waiting:  # one deadline for the whole burst, not one per message
+            await asyncio.wait(waiting, timeout=ACK_TIMEOUT)
+        newest: int | None = None
+        for item, future in zip(outgoing, futures, strict=True):
+            if future is not None:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    self._count(future.result())
+                else:
+                    future.cancel()
+                    item.retry = True
+            if item.retry and not await self.publish(item.payload or b"", item.msg_id, stop):
+                break  # stopping: everything from here on is replayed next time
+            if item.ts_ns is not None and (newest is None or item.ts_ns > newest):
+                newest = item.ts_ns
+        return newest
 
     # -- following the filer ------------------------------------------------------------
 
@@ -301,14 +355,27 @@ class FilerBridge:
     async def _read(
         self, process: asyncio.subprocess.Process, queue: asyncio.Queue[dict[str, Any] | str | None]
     ) -> None:
+        """Read the tail's output in large chunks (a change is ~60 printed lines: one await per
+        line would cost more than the publishing) and queue each decoded document."""
         decoder = MetaTailDecoder()
         assert process.stdout is not None
+        pending = b""
         try:
             while True:
-                line = await process.stdout.readline()
-                if not line:
+                chunk = await process.stdout.read(READ_CHUNK)
+                if not chunk:
                     break
-                for document in decoder.feed_line(line.decode("utf-8", "replace")):
+                pending += chunk
+                lines = pending.split(b"\n")
+                pending = lines.pop()
+                if len(pending) > MAX_LINE:
+                    log.warning("bridge: dropping an over-long output line from the tail")
+                    pending = b""
+                for line in lines:
+                    for document in decoder.feed_line(line.decode("utf-8", "replace")):
+                        await queue.put(document)
+            if pending:
+                for document in decoder.feed_line(pending.decode("utf-8", "replace")):
                     await queue.put(document)
         finally:
             await queue.put(None)
@@ -375,17 +442,9 @@ class FilerBridge:
                 batch = [getting.result()]
                 while not queue.empty() and len(batch) < 500:
                     batch.append(queue.get_nowait())
-                newest: int | None = None
-                ended = False
-                for document in batch:
-                    if document is None:
-                        ended = True
-                        break
-                    handled = await self.handle(document, checkpoint, stop)
-                    if stop.is_set() and handled is None:
-                        break
-                    if handled is not None and (newest is None or handled > newest):
-                        newest = handled
+                ended = None in batch
+                documents = [d for d in batch if d is not None]
+                newest = await self.publish_batch(documents, checkpoint, stop)
                 if newest is not None and (checkpoint is None or newest > checkpoint):
                     await self.save_checkpoint(newest)
                     checkpoint = newest
