@@ -408,6 +408,32 @@ def test_parallel_threads_give_the_same_text() -> None:
     assert parallel == sequential
 
 
+def test_a_hung_pdfium_call_elsewhere_costs_a_timeout_not_a_hang() -> None:
+    """Another thread holds PDFium (as a hung call would): this document fails at its deadline."""
+    import threading
+
+    from p8fs_node.pdf import PDFIUM_LOCK
+
+    held, release = threading.Event(), threading.Event()
+
+    def hog() -> None:
+        with PDFIUM_LOCK:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hog)
+    thread.start()
+    try:
+        assert held.wait(5)
+        context = ExtractContext(deadline=time.monotonic() + 0.3)
+        with pytest.raises(DocumentTimeout, match="PDFium stayed busy"):
+            list(PROVIDER.extract(corpus_path("pdf/spf_minimal-document.pdf"), context))
+    finally:
+        release.set()
+        thread.join()
+    assert len(extract(corpus_path("pdf/spf_minimal-document.pdf"))[0]) == 1
+
+
 # -- pages without text and OCR ------------------------------------------------------------------
 
 

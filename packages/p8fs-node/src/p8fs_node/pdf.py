@@ -18,7 +18,8 @@ the message redelivered), which is why the per-page check is the contract here.
 
 Threads: PDFium is not thread-safe, not even across different documents. Every pdfium call here
 holds :data:`PDFIUM_LOCK`, taken per page (never across a ``yield``), so documents extracted in
-parallel threads interleave page by page instead of crashing.
+parallel threads interleave page by page instead of crashing; waiting for it is bounded by the
+document's deadline (see :func:`pdfium_lock`).
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from p8fs.errors import (
     CorruptDocument,
+    DocumentTimeout,
     EmptyDocument,
     EncryptedDocument,
     LimitExceeded,
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
 
 #: Serialises every pdfium call in this process (PDFium is not thread-safe).
 PDFIUM_LOCK = threading.RLock()
+#: How long cleanup waits for PDFium before leaving a document to the garbage collector.
+CLOSE_WAIT_SECONDS = 5.0
 #: Documents with more pages are refused (``LimitExceeded``); option ``max_pages`` overrides.
 DEFAULT_MAX_PAGES = 10_000
 #: Resolution at which pages without a text layer are rendered for OCR; option ``ocr_dpi``.
@@ -72,6 +77,28 @@ _METADATA_KEYS = {
     "CreationDate": "created",
     "ModDate": "modified",
 }
+
+
+@contextmanager
+def pdfium_lock(deadline: float | None) -> Iterator[None]:
+    """Hold :data:`PDFIUM_LOCK`, waiting at most until ``deadline`` (``time.monotonic()``).
+
+    If another thread's pdfium call hangs (the pipeline then abandons that thread at its own
+    deadline), waiting forever here would hang every later PDF in the process; instead each
+    waiting document fails with :class:`DocumentTimeout` at its deadline, and the message says
+    the worker needs a restart.
+    """
+    timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+    if not PDFIUM_LOCK.acquire(timeout=timeout):
+        raise DocumentTimeout(
+            "PDFium stayed busy with another document past this document's time limit "
+            "(P8FS_DOCUMENT_TIMEOUT); if that persists, a PDFium call hangs and the worker "
+            "process needs a restart"
+        )
+    try:
+        yield
+    finally:
+        PDFIUM_LOCK.release()
 
 
 def normalize_pdfium_text(text: str) -> str:
@@ -118,9 +145,10 @@ class PdfProvider(ContentProvider):
 
         with ExitStack() as stack:
             pdfium_input, layout_input = _prepare_input(source, stack, name)
-            doc = _open_pdfium(pdfium_input, password, name)
+            deadline = context.deadline
+            doc = _open_pdfium(pdfium_input, password, name, deadline)
             stack.callback(_close, doc)
-            with PDFIUM_LOCK:
+            with pdfium_lock(deadline):
                 page_count = len(doc)
                 _document_metadata(doc, context.metadata)
                 has_form = _init_forms(doc)
@@ -148,7 +176,7 @@ class PdfProvider(ContentProvider):
                 context.check_deadline()
                 number = index + 1
                 try:
-                    text, has_content = _pdfium_page_text(doc, index)
+                    text, has_content = _pdfium_page_text(doc, index, deadline)
                 except Exception as exc:  # a damaged page must not cost the other pages
                     failed.append(number)
                     context.metadata["pages_failed"] = failed
@@ -159,7 +187,7 @@ class PdfProvider(ContentProvider):
                     # pdfminer's text, unless it found none where pdfium found some.
                     if mined is not None and (mined.strip() or not text.strip()):
                         text = mined
-                fields = _form_field_text(doc, index) if has_form else ""
+                fields = _form_field_text(doc, index, deadline) if has_form else ""
                 if text.strip():
                     yield Section(text, {"page": number, "kind": "page"})
                     if fields:
@@ -270,13 +298,16 @@ class _PositionedReader:
 
 
 def _open_pdfium(
-    pdfium_input: Path | _PositionedReader, password: str | None, name: str
+    pdfium_input: Path | _PositionedReader,
+    password: str | None,
+    name: str,
+    deadline: float | None,
 ) -> pypdfium2.PdfDocument:
     """Open the document, turning pdfium's error codes into typed errors a user can act on."""
     import pypdfium2
 
     try:
-        with PDFIUM_LOCK:
+        with pdfium_lock(deadline):
             return pypdfium2.PdfDocument(pdfium_input, password=password)
     except pypdfium2.PdfiumError as exc:
         code = getattr(exc, "err_code", None)
@@ -301,8 +332,12 @@ def _open_pdfium(
 
 
 def _close(doc: pypdfium2.PdfDocument) -> None:
-    with PDFIUM_LOCK:
-        doc.close()
+    """Close the document; if PDFium stays busy elsewhere (a hung call), leave it to the GC."""
+    if PDFIUM_LOCK.acquire(timeout=CLOSE_WAIT_SECONDS):
+        try:
+            doc.close()
+        finally:
+            PDFIUM_LOCK.release()
 
 
 def _document_metadata(doc: pypdfium2.PdfDocument, metadata: dict[str, Any]) -> None:
@@ -367,13 +402,13 @@ _VALUE_FIELD_TYPES = (
 )
 
 
-def _form_field_text(doc: pypdfium2.PdfDocument, index: int) -> str:
+def _form_field_text(doc: pypdfium2.PdfDocument, index: int, deadline: float | None) -> str:
     """The filled-in form fields of page ``index`` as ``name: value`` lines (``""`` if none)."""
     import pypdfium2.raw as pdfium_c
 
     wanted = {getattr(pdfium_c, name) for name in _VALUE_FIELD_TYPES if hasattr(pdfium_c, name)}
     lines: list[str] = []
-    with PDFIUM_LOCK:
+    with pdfium_lock(deadline):
         formenv = doc.formenv
         page = doc[index]
         try:
@@ -410,7 +445,9 @@ def _wide_string(function: Any, *args: Any) -> str:
     return buffer.raw[: size - 2].decode("utf-16-le", errors="replace")
 
 
-def _pdfium_page_text(doc: pypdfium2.PdfDocument, index: int) -> tuple[str, bool]:
+def _pdfium_page_text(
+    doc: pypdfium2.PdfDocument, index: int, deadline: float | None
+) -> tuple[str, bool]:
     """The page's normalised text layer and whether the page draws anything at all.
 
     A page with no text but some content (an image, vector outlines) is worth OCR; a blank page
@@ -418,7 +455,7 @@ def _pdfium_page_text(doc: pypdfium2.PdfDocument, index: int) -> tuple[str, bool
     """
     import pypdfium2.raw as pdfium_c
 
-    with PDFIUM_LOCK:
+    with pdfium_lock(deadline):
         page = doc[index]
         try:
             textpage = page.get_textpage()
@@ -512,7 +549,7 @@ class _OcrPolicy:
 
     def run(self, doc: pypdfium2.PdfDocument, index: int, context: ExtractContext) -> str:
         """Render page ``index`` and OCR it; the bitmap lives only for this call."""
-        with PDFIUM_LOCK:
+        with pdfium_lock(context.deadline):
             page = doc[index]
             try:
                 width, height = page.get_size()
@@ -553,4 +590,10 @@ def _page_list(numbers: list[int], limit: int = 20) -> str:
     return f"pages {shown}" + (", ..." if len(numbers) > limit else "")
 
 
-__all__ = ["DEFAULT_MAX_PAGES", "PDFIUM_LOCK", "PdfProvider", "normalize_pdfium_text"]
+__all__ = [
+    "DEFAULT_MAX_PAGES",
+    "PDFIUM_LOCK",
+    "PdfProvider",
+    "normalize_pdfium_text",
+    "pdfium_lock",
+]
