@@ -338,6 +338,14 @@ def test_pip_install_p8fs_node_then_extract_a_corpus_pdf(
     assert rows["pdf"]["installed"] is True and rows["pdf"]["plugin"] == "node"
     office = rows["office"]
     assert office["installed"] is False and office["install"] == "p8fs-node[office]"
+    assert office["extra"] == "p8fs-node[office]" and office["missing"]
+    table = _run(
+        [os.fspath(fresh_python.parent / "p8fs"), "providers"],
+        cwd=tmp_path,
+        env=_clean_env(P8FS_DATA_DIR=os.fspath(tmp_path / "data"), COLUMNS="250"),
+    )
+    # The install hint survives the table (brackets are not eaten as markup).
+    assert "pip install 'p8fs-node[office]'" in table.stdout
 
 
 def test_pip_install_p8fs_runner_then_p8fs_run_help(

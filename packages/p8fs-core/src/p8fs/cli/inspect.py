@@ -20,17 +20,21 @@ def plugins(as_json: bool) -> None:
     loaded = get_plugins()
     rows: list[dict[str, Any]] = []
     for name, info in loaded.info.items():
-        rows.append({
-            "name": name,
-            "distribution": info.distribution,
-            "version": info.version,
-            "builtin": info.builtin,
-            **loaded.registered_by(name),
-        })
+        rows.append(
+            {
+                "name": name,
+                "distribution": info.distribution,
+                "version": info.version,
+                "builtin": info.builtin,
+                **loaded.registered_by(name),
+            }
+        )
     failures = [{"name": f.name, "stage": f.stage, "error": f.error} for f in loaded.failures]
     problems = [{"plugin": p.plugin, "hook": p.kind, "error": p.message} for p in loaded.problems]
     if as_json:
-        click.echo(json.dumps({"plugins": rows, "failures": failures, "problems": problems}, indent=2))
+        click.echo(
+            json.dumps({"plugins": rows, "failures": failures, "problems": problems}, indent=2)
+        )
         return
     console = Console()
     table = Table(title="p8fs plugins")
@@ -57,6 +61,7 @@ def plugins(as_json: bool) -> None:
 def providers(as_json: bool) -> None:
     """List every content provider: MIME types, extensions, priority, plugin, installed or not."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from p8fs.plugins import get_registry
@@ -66,24 +71,49 @@ def providers(as_json: bool) -> None:
     for reg in sorted(registry.providers, key=lambda r: r.name):
         cls = reg.cls
         missing = cls.missing_requirements()
-        rows.append({
-            "name": reg.name,
-            "mime_types": list(cls.mime_types),
-            "extensions": list(cls.extensions),
-            "priority": cls.priority,
-            "plugin": reg.plugin,
-            "installed": not missing,
-            "install": None if not missing else (cls.extra or ", ".join(missing)),
-        })
+        rows.append(
+            {
+                "name": reg.name,
+                "mime_types": list(cls.mime_types),
+                "extensions": list(cls.extensions),
+                "priority": cls.priority,
+                "plugin": reg.plugin,
+                "requires": list(cls.requires),
+                "extra": cls.extra,
+                "installed": not missing,
+                "missing": missing,
+                "install": None if not missing else (cls.extra or ", ".join(missing)),
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="p8fs providers")
-    for column in ("provider", "MIME types", "extensions", "priority", "plugin", "installed"):
+    for column in (
+        "provider",
+        "MIME types",
+        "extensions",
+        "priority",
+        "plugin",
+        "extra",
+        "installed",
+    ):
         table.add_column(column)
     for row in rows:
         table.add_row(
-            row["name"], "\n".join(row["mime_types"]), " ".join(row["extensions"]), str(row["priority"]),
-            row["plugin"], "yes" if row["installed"] else f"[red]no: pip install '{row['install']}'",
+            row["name"],
+            "\n".join(row["mime_types"]),
+            " ".join(row["extensions"]),
+            str(row["priority"]),
+            row["plugin"],
+            escape(row["extra"] or "-"),
+            # escape: "p8fs-node[office]" would otherwise be read as Rich markup and vanish.
+            "yes" if row["installed"] else f"[red]no: pip install '{escape(row['install'])}'",
         )
     Console().print(table)
+    missing = sum(1 for row in rows if not row["installed"])
+    if missing:
+        Console().print(
+            f"{missing} provider(s) need an extra: they are listed, and a file they claim fails "
+            "with the install hint until it is installed."
+        )
