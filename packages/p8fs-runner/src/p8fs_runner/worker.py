@@ -140,6 +140,7 @@ class Worker:
         ``ready`` is awaited before the first message is processed but after the first fetch
         is sent, so slow set-up (a database schema check) overlaps the wait for messages.
         """
+        self._stopping = False  # a worker may be run again after a stop (the self-test does)
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="p8fs-heartbeat")
         ready_task = asyncio.ensure_future(ready()) if ready is not None else None
         fetched = 0
@@ -301,7 +302,15 @@ class Worker:
         if event.size:
             metrics.BYTES.labels(tier).inc(event.size)
         self.stats.acked += 1
-        self.stats.results.append({"uri": event.uri, "event_type": event.event_type, **result})
+        self.stats.results.append(
+            {
+                "uri": event.uri,
+                "event_type": event.event_type,
+                **result,
+                "delivery": md.num_delivered,
+                "seq": md.sequence.stream,
+            }
+        )
 
     async def _interrupted(self, msg: Msg, job: Job) -> None:
         await msg.nak()
