@@ -86,13 +86,7 @@ def ocr_image(
     prepared = _prepare(image)
     try:
         text = pytesseract.image_to_string(prepared, lang=languages, timeout=timeout)
-    except RuntimeError as exc:  # pytesseract signals its timeout this way
-        if "timeout" in str(exc).lower():
-            raise DocumentTimeout(
-                "OCR exceeded the document's time limit (P8FS_DOCUMENT_TIMEOUT)"
-            ) from exc
-        raise ProviderError(f"tesseract failed: {exc}") from exc
-    except pytesseract.TesseractError as exc:
+    except pytesseract.TesseractError as exc:  # a RuntimeError too: catch it first
         message = str(exc.message or exc)
         if "Failed loading language" in message or "Error opening data file" in message:
             raise ConfigurationError(
@@ -100,6 +94,12 @@ def ocr_image(
                 "tesseract-ocr-<lang> package or pass other ocr_languages"
             ) from exc
         raise ProviderError(f"tesseract failed: {message.strip()}") from exc
+    except RuntimeError as exc:  # pytesseract signals its timeout this way
+        if "timeout" in str(exc).lower():
+            raise DocumentTimeout(
+                "OCR exceeded the document's time limit (P8FS_DOCUMENT_TIMEOUT)"
+            ) from exc
+        raise ProviderError(f"tesseract failed: {exc}") from exc
     # Tesseract ends its output with blank lines and a form feed; that is not content.
     return str(text).strip()
 
