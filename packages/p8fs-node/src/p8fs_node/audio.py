@@ -45,8 +45,10 @@ DEFAULT_WINDOW_SECONDS = 60.0
 #: Smallest window accepted: below Whisper's own 30 s context windows only cost accuracy.
 MIN_WINDOW_SECONDS = 5.0
 DEFAULT_MAX_DURATION_SECONDS = 24 * 3600.0
-#: The share of a window, at its end, searched for a pause to cut at.
+#: The share of a window, at its end, searched for a pause to cut at ...
 CUT_SEARCH_FRACTION = 1 / 3
+#: ... but no more than this many seconds: VAD over the searched stretch is extra work.
+CUT_SEARCH_MAX_SECONDS = 20.0
 #: Shortest pause (seconds) worth cutting at.
 MIN_CUT_PAUSE_SECONDS = 0.3
 
@@ -116,14 +118,15 @@ def iter_windows(
 
 
 def find_pause(window: np.ndarray) -> int | None:
-    """Where to end ``window``: the middle of the last pause in its final third.
+    """Where to end ``window``: the middle of the last pause in its final third (20 s at most).
 
     Returns ``len(window)`` when that final third holds no speech at all, and ``None`` when it
     is speech from end to end (the caller then cuts hard).
     """
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-    start = int(len(window) * (1 - CUT_SEARCH_FRACTION))
+    searched = min(len(window) * CUT_SEARCH_FRACTION, CUT_SEARCH_MAX_SECONDS * SAMPLE_RATE)
+    start = len(window) - int(searched)
     region = window[start:]
     options = VadOptions(min_silence_duration_ms=int(MIN_CUT_PAUSE_SECONDS * 1000), speech_pad_ms=0)
     speech = get_speech_timestamps(region, options)
@@ -257,15 +260,21 @@ def transcribe_stream(
         for offset, window in windows:
             context.check_deadline()
             at = offset / SAMPLE_RATE
+            window_end = at + window.size / SAMPLE_RATE
             segments, info = model.transcribe(
-                window, language=language, beam_size=beam_size, vad_filter=True
+                window,
+                language=language,
+                beam_size=beam_size,
+                vad_filter=True,
             )
             for segment in segments:
                 context.check_deadline()
                 text = segment.text.strip()
                 if not text:
                     continue
-                start, end = round(at + segment.start, 3), round(at + segment.end, 3)
+                # Whisper's last timestamp may overshoot the audio it was given.
+                end = round(min(at + segment.end, window_end), 3)
+                start = round(min(at + segment.start, end), 3)
                 metadata: dict[str, Any] = {
                     "start": start,
                     "end": end,
