@@ -9,6 +9,8 @@ timestamp rules, and time offsets across windows.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import wave
 from pathlib import Path
 
@@ -38,6 +40,40 @@ whisper_setting = conftest_media.whisper_setting
 
 pytest.importorskip("faster_whisper", reason="p8fs-node[audio] is not installed")
 pytest.importorskip("av", reason="p8fs-node[audio] is not installed")
+
+
+@pytest.mark.parametrize(
+    ("mime", "extension", "provider"),
+    [
+        ("audio/wav", ".wav", "audio"),
+        ("audio/mpeg", ".mp3", "audio"),
+        ("audio/aiff", ".aiff", "audio"),
+        ("audio/flac", ".flac", "audio"),
+        ("audio/ogg", ".ogg", "audio"),
+        ("audio/mp4", ".m4a", "audio"),
+        ("video/mp4", ".mp4", "video"),
+        ("video/quicktime", ".mov", "video"),
+        ("video/webm", ".webm", "video"),
+        ("video/x-matroska", ".mkv", "video"),
+        ("video/x-msvideo", ".avi", "video"),
+    ],
+)
+def test_the_node_plugin_routes_media_types(mime: str, extension: str, provider: str) -> None:
+    from p8fs.plugins import get_registry
+
+    registry = get_registry()
+    assert registry.provider_for(mime, None).name == provider
+    assert registry.provider_for(None, extension).name == provider
+
+
+def test_importing_the_providers_loads_no_engine() -> None:
+    code = (
+        "import sys, p8fs_node.audio, p8fs_node.video, p8fs_node.whisper, p8fs_node.media\n"
+        "print(sorted(m for m in ('av', 'faster_whisper', 'ctranslate2', 'numpy', 'tokenizers')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def transcribe(source: object, model: Path, **options: object) -> tuple[list[Section], dict]:

@@ -109,7 +109,7 @@ def iter_windows(
             stats.windows += 1
             yield offset, buffer[:cut]
             offset += cut
-            rest = buffer[cut:]
+            rest = buffer[cut:].copy()  # a copy, so the whole buffer can be freed
             pending = [rest] if rest.size else []
             pending_samples = int(rest.size)
     if pending_samples:
