@@ -135,10 +135,16 @@ async def aingest(
         await _ensure_schema(database)
         if storage_options is None and "://" in normalized:
             storage_options = storage_options_from_settings(settings)
-        with fetch(normalized, storage_options=storage_options, max_bytes=settings.max_file_bytes) as source:
+        # Hashing (and, for object storage, downloading) is blocking I/O: keep it off the loop.
+        source = await asyncio.to_thread(
+            fetch, normalized, storage_options=storage_options, max_bytes=settings.max_file_bytes
+        )
+        try:
             result = await _ingest_source(
                 source, tenant_id, database, settings, force=force, options=options or {}
             )
+        finally:
+            source.release()
         provider_name = result.provider
         result.seconds = time.monotonic() - started
         return result

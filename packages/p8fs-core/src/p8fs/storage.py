@@ -36,6 +36,13 @@ class SourceFile:
     size: int
     content_hash: str
     head: bytes
+    #: ``local_path`` is our temporary copy of a remote object (removed by :meth:`release`).
+    temporary: bool = False
+
+    def release(self) -> None:
+        """Remove the temporary copy, if any."""
+        if self.temporary:
+            self.local_path.unlink(missing_ok=True)
 
 
 def is_remote(uri: str) -> bool:
@@ -96,18 +103,18 @@ def _classify(exc: BaseException, uri: str) -> P8fsError:
     return TransientError(f"could not read {uri}: {type(exc).__name__}: {exc}", uri=uri)
 
 
-@contextmanager
 def fetch(
     uri: str,
     *,
     storage_options: dict[str, Any] | None = None,
     max_bytes: int | None = None,
     tmp_dir: str | os.PathLike[str] | None = None,
-) -> Iterator[SourceFile]:
-    """Make ``uri`` readable as a local file; remove any temporary copy afterwards.
+) -> SourceFile:
+    """Make ``uri`` readable as a local file (blocking: run it in a thread from async code).
 
-    Raises :class:`SourceNotFound`, :class:`LimitExceeded` (larger than ``max_bytes``, checked
-    before anything is downloaded) or :class:`TransientError` (I/O that may heal).
+    The caller must :meth:`SourceFile.release` the result (or use :func:`fetched`). Raises
+    :class:`SourceNotFound`, :class:`LimitExceeded` (larger than ``max_bytes``, checked before
+    anything is downloaded) or :class:`TransientError` (I/O that may heal).
     """
     normalized = normalize_uri(uri)
     name = normalized.rstrip("/").rsplit("/", 1)[-1]
@@ -116,35 +123,41 @@ def fetch(
         try:
             if path.is_dir():
                 raise IsADirectoryError(normalized)
-            size = path.stat().st_size
-            _check_size(size, max_bytes, normalized)
+            _check_size(path.stat().st_size, max_bytes, normalized)
             with open(path, "rb") as stream:
                 digest, head, size = _hash_and_head(stream)
         except Exception as exc:
             raise _classify(exc, normalized) from exc
-        yield SourceFile(normalized, name, path, size, digest, head)
-        return
+        return SourceFile(normalized, name, path, size, digest, head)
 
     import fsspec
 
     tmp: Path | None = None
     try:
-        try:
-            fs, path_in_fs = fsspec.core.url_to_fs(normalized, **(storage_options or {}))
-            info = fs.info(path_in_fs)
-            if info.get("type") == "directory":
-                raise IsADirectoryError(normalized)
-            _check_size(info.get("size"), max_bytes, normalized)
-            fd, tmp_name = tempfile.mkstemp(prefix="p8fs-", suffix="-" + name[-40:], dir=tmp_dir)
-            tmp = Path(tmp_name)
-            with os.fdopen(fd, "wb") as sink, fs.open(path_in_fs, "rb", block_size=COPY_BUFFER) as stream:
-                digest, head, size = _hash_and_head(stream, sink)
-        except Exception as exc:
-            raise _classify(exc, normalized) from exc
-        yield SourceFile(normalized, name, tmp, size, digest, head)
-    finally:
+        fs, path_in_fs = fsspec.core.url_to_fs(normalized, **(storage_options or {}))
+        info = fs.info(path_in_fs)
+        if info.get("type") == "directory":
+            raise IsADirectoryError(normalized)
+        _check_size(info.get("size"), max_bytes, normalized)
+        fd, tmp_name = tempfile.mkstemp(prefix="p8fs-", suffix="-" + name[-40:], dir=tmp_dir)
+        tmp = Path(tmp_name)
+        with os.fdopen(fd, "wb") as sink, fs.open(path_in_fs, "rb", block_size=COPY_BUFFER) as stream:
+            digest, head, size = _hash_and_head(stream, sink)
+    except Exception as exc:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+        raise _classify(exc, normalized) from exc
+    return SourceFile(normalized, name, tmp, size, digest, head, temporary=True)
+
+
+@contextmanager
+def fetched(uri: str, **kwargs: Any) -> Iterator[SourceFile]:
+    """:func:`fetch` as a context manager that releases the temporary copy."""
+    source = fetch(uri, **kwargs)
+    try:
+        yield source
+    finally:
+        source.release()
 
 
 def _check_size(size: int | None, max_bytes: int | None, uri: str) -> None:
