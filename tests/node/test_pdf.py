@@ -266,6 +266,17 @@ def test_max_pages_limit() -> None:
         extract(corpus_path("pdf/spf_GeoTopo-komprimiert.pdf"), max_pages=100)
 
 
+def test_options_given_as_text() -> None:
+    """Options from event metadata or a CLI arrive as strings: "false" must mean off."""
+    _, context = extract(corpus_path("pdf/unst_loremipsum-flat.pdf"), ocr="false")
+    assert context.metadata["ocr_pages"] == []
+    assert any("OCR was turned off" in w for w in context.warnings)
+    _, context = extract(corpus_path("pdf/spf_minimal-document.pdf"), layout="true")
+    assert context.metadata["engine"] == "pdfminer.six"
+    _, context = extract(corpus_path("pdf/spf_minimal-document.pdf"), layout="no")
+    assert context.metadata["engine"] == "pypdfium2"
+
+
 def test_deadline_stops_extraction() -> None:
     context = ExtractContext(deadline=time.monotonic() - 1)
     with pytest.raises(DocumentTimeout, match="P8FS_DOCUMENT_TIMEOUT"):

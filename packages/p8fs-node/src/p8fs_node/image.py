@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from p8fs.errors import CorruptDocument, EmptyDocument, LimitExceeded
 from p8fs.providers import ContentProvider, ExtractContext, Section, Source, source_name
-from p8fs_node.ocr import DEFAULT_LANGUAGES, ocr_image, ocr_unavailable_reason
+from p8fs_node.ocr import DEFAULT_LANGUAGES, ocr_image, ocr_requested, ocr_unavailable_reason
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -91,7 +91,7 @@ class ImageProvider(ContentProvider):
             if limit and width * height > limit:
                 raise LimitExceeded(_bomb_message(name, (width, height), limit), limit=limit)
 
-            if options.get("ocr", True) is False:
+            if not ocr_requested(options):
                 return
             unavailable = ocr_unavailable_reason()
             if unavailable:

@@ -13,8 +13,9 @@ import importlib.util
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from p8fs.errors import ConfigurationError, DocumentTimeout, ProviderError
 
@@ -55,6 +56,23 @@ def ocr_unavailable_reason() -> str | None:
 def ocr_available() -> bool:
     """Whether :func:`ocr_image` can run here."""
     return ocr_unavailable_reason() is None
+
+
+def option_flag(value: Any, *, default: bool) -> bool:
+    """An on/off option that may arrive as a bool or as text (event metadata, a CLI flag).
+
+    ``"false"`` must mean off: ``bool("false")`` would switch OCR (or layout) on.
+    """
+    if value is None or value == "":
+        return default
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off")
+    return bool(value)
+
+
+def ocr_requested(options: Mapping[str, Any]) -> bool:
+    """Whether the caller wants OCR (option ``ocr``, on unless switched off)."""
+    return option_flag(options.get("ocr"), default=True)
 
 
 def ocr_image(

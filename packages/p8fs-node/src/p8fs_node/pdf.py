@@ -42,10 +42,17 @@ from p8fs.errors import (
     EmptyDocument,
     EncryptedDocument,
     LimitExceeded,
+    ProviderError,
     SourceNotFound,
 )
 from p8fs.providers import ContentProvider, ExtractContext, Section, Source, source_name
-from p8fs_node.ocr import DEFAULT_LANGUAGES, ocr_image, ocr_unavailable_reason
+from p8fs_node.ocr import (
+    DEFAULT_LANGUAGES,
+    ocr_image,
+    ocr_requested,
+    ocr_unavailable_reason,
+    option_flag,
+)
 
 if TYPE_CHECKING:
     import pypdfium2
@@ -139,7 +146,7 @@ class PdfProvider(ContentProvider):
         self.ensure_available()
         options = context.options
         password = _password(options.get("password"))
-        layout = bool(options.get("layout", False))
+        layout = option_flag(options.get("layout"), default=False)
         max_pages = int(options.get("max_pages") or DEFAULT_MAX_PAGES)
         name = source_name(source)
 
@@ -175,18 +182,19 @@ class PdfProvider(ContentProvider):
             for index in range(page_count):
                 context.check_deadline()
                 number = index + 1
+                mined = next(layout_pages, None) if layout_pages is not None else None
                 try:
                     text, has_content = _pdfium_page_text(doc, index, deadline)
+                except ProviderError:  # a timeout waiting for PDFium ends the document
+                    raise
                 except Exception as exc:  # a damaged page must not cost the other pages
                     failed.append(number)
                     context.metadata["pages_failed"] = failed
                     context.warn(f"page {number} could not be read: {exc}")
                     continue
-                if layout_pages is not None:
-                    mined = next(layout_pages, None)
-                    # pdfminer's text, unless it found none where pdfium found some.
-                    if mined is not None and (mined.strip() or not text.strip()):
-                        text = mined
+                # pdfminer's text, unless it found none where pdfium found some.
+                if mined is not None and (mined.strip() or not text.strip()):
+                    text = mined
                 fields = _form_field_text(doc, index, deadline) if has_form else ""
                 if text.strip():
                     yield Section(text, {"page": number, "kind": "page"})
@@ -315,7 +323,7 @@ def _open_pdfium(
             if password is None:
                 raise EncryptedDocument(
                     f"{name} is encrypted and needs a password: pass it as the 'password' option "
-                    "(p8fs ingest --password, or 'password' in the storage event's metadata)",
+                    "(p8fs process --password, or a 'password' entry in the storage event's metadata)",
                     reason="password_required",
                 ) from exc
             raise EncryptedDocument(
@@ -541,7 +549,7 @@ class _OcrPolicy:
     """Whether and how pages without a text layer are OCR'd for one document."""
 
     def __init__(self, options: dict[str, Any]) -> None:
-        self.requested = options.get("ocr", True) is not False
+        self.requested = ocr_requested(options)
         self.unavailable = ocr_unavailable_reason() if self.requested else None
         self.enabled = self.requested and self.unavailable is None
         self.languages = str(options.get("ocr_languages") or DEFAULT_LANGUAGES)
