@@ -121,6 +121,20 @@ def test_corpus_pages_and_phrases(name: str, pages: int, phrases: list[str]) -> 
         assert phrase in text
 
 
+def test_p8fs_original_sample_documents() -> None:
+    """The original p8fs's own sample PDFs (MANIFEST: 8 and 2 pages, their opening text)."""
+    sections, context = extract(corpus_path("p8fs_sample_data/content/Sample.pdf"))
+    assert context.metadata["pages"] == 8
+    assert context.metadata["title"] == "Sample"
+    assert flat(sections).startswith("P8FS - Next Generation Smart Content Management System")
+    sections, context = extract(corpus_path("p8fs_sample_data/p8fs_node/documents/sample.pdf"))
+    assert context.metadata["pages"] == 2
+    assert [s.metadata["page"] for s in sections] == [1, 2]
+    assert "Sample PDF Document" in sections[0].text
+    assert "This is a test PDF for integration testing." in flat(sections[:1])
+    assert "Page 2: Additional Content" in sections[1].text
+
+
 def test_text_is_normalised_but_not_cleaned() -> None:
     sections, _ = extract(corpus_path("pdf/pdfjs_tracemonkey.pdf"))
     joined = "".join(s.text for s in sections)
