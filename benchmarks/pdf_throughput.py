@@ -323,24 +323,28 @@ def run_engine(engine: str, python: str, files: list[Path], repeat: int) -> dict
 def print_table(rows: list[dict[str, Any]], by_engine: dict[str, dict[str, Any]]) -> None:
     """The summary as a Markdown table (ready to paste into a report)."""
 
-    def ratio(row: dict[str, Any], peer: str, *, inverse: bool = False) -> str:
+    def ratio(
+        row: dict[str, Any], peer: str, *, inverse: bool = False, key: str = "pages_per_second"
+    ) -> str:
         other = by_engine.get(peer)
         if other is None:
             return "-"
         if inverse:
-            return f"{other['pages_per_second'] / row['pages_per_second']:.2f}"
-        return f"{row['pages_per_second'] / other['pages_per_second']:.1f}x"
+            return f"{other[key] / row[key]:.2f}"
+        return f"{row[key] / other[key]:.1f}x"
 
     print(
-        "| engine | pages | CPU s | pages/s | x unstr. | x forced | raw/this | peak MB | +MB "
-        "| F1 | order | no text |"
+        "| engine | pages | CPU s | pages/s | x unstr. | x forced | raw/this | common pages/s "
+        "| x unstr. (common) | peak MB | +MB | F1 | order | no text |"
     )
-    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for row in rows:
         print(
             f"| {row['engine']} | {row['pages']} | {row['cpu_seconds']:.3f} "
             f"| {row['pages_per_second']:.1f} | {ratio(row, 'unstructured')} "
             f"| {ratio(row, 'unstructured-forced')} | {ratio(row, 'pypdfium2', inverse=True)} "
+            f"| {row['common_pages_per_second']:.1f} "
+            f"| {ratio(row, 'unstructured', key='common_pages_per_second')} "
             f"| {row['peak_rss_mb']:.1f} | {row['rss_growth_mb']:.1f} | {row['f1']:.3f} "
             f"| {row['order']:.3f} | {row['pages_in_empty_results']} |"
         )
@@ -403,18 +407,33 @@ def main() -> None:
                 merged["peak_mb"] = max(merged["peak_mb"], outcome["peak_mb"])
                 merged["baseline_mb"] = min(merged["baseline_mb"], outcome["baseline_mb"])
 
+    # The files every engine returned some text for: throughput on these compares equal work
+    # (unstructured as shipped returns nothing, quickly, for a PDF it deems "too complex").
+    common_files = {
+        str(f)
+        for f in files
+        if all(
+            item["text"].strip()
+            for outcome in outcomes.values()
+            for item in outcome["results"]
+            if item["file"] == str(f)
+        )
+    }
+    common_pages = sum(pages[f] for f in common_files)
     rows: list[dict[str, Any]] = []
     per_file: dict[str, dict[str, float]] = {}
     for engine in engines:
         if engine not in outcomes:
             continue
         outcome = outcomes[engine]
-        seconds = cpu_seconds = 0.0
+        seconds = cpu_seconds = common_cpu_seconds = 0.0
         common = ref_total = cand_total = in_order = 0
         empty_pages = 0
         for item in outcome["results"]:
             seconds += item["seconds"]
             cpu_seconds += item["cpu_seconds"]
+            if item["file"] in common_files:
+                common_cpu_seconds += item["cpu_seconds"]
             tokens = normalise_tokens(item["text"])
             if not tokens:
                 empty_pages += pages[item["file"]]
@@ -436,6 +455,10 @@ def main() -> None:
                 "cpu_seconds": cpu_seconds,
                 "pages_per_second": total_pages / cpu_seconds if cpu_seconds else float("inf"),
                 "wall_pages_per_second": total_pages / seconds if seconds else float("inf"),
+                "common_pages": common_pages,
+                "common_pages_per_second": (
+                    common_pages / common_cpu_seconds if common_cpu_seconds else float("inf")
+                ),
                 "peak_rss_mb": outcome["peak_mb"],
                 "rss_growth_mb": outcome["peak_mb"] - outcome["baseline_mb"],
                 "f1": 2 * common / (ref_total + cand_total) if ref_total + cand_total else 1.0,
@@ -445,12 +468,17 @@ def main() -> None:
 
     by_engine = {row["engine"]: row for row in rows}
     print_table(rows, by_engine)
+    print(
+        f"\ncommon files (every engine returned text): {len(common_files)} of {len(files)} files, "
+        f"{common_pages} of {total_pages} pages"
+    )
     for engine, why in failures.items():
         print(f"| {engine} | could not run: {why} |")
     print(
         "\npages/s from CPU time (the machine is shared, wall time is noisy; wall figures in the "
         "--json output). x unstr. / x forced = pages/s relative to unstructured fast as shipped / "
-        "with its complexity check off;\nraw/this = raw pypdfium2 pages/s over this engine's "
+        "with its complexity check off;\ncommon pages/s = on the files every engine returned "
+        "text for (equal work); raw/this = raw pypdfium2 pages/s over this engine's "
         "(target for p8fs, chunking included: <= 1.5); peak MB = worker's max RSS; +MB = growth "
         "during extraction after imports and warm-up;\nF1/order = agreement with pdftotext; no "
         "text = pages of files for which the engine returned no text at all."
