@@ -1,7 +1,7 @@
 """The audio provider: speech to time-stamped text with faster-whisper, in bounded windows.
 
 An hour of 16 kHz float32 audio is 230 MB, and a day-long recording several gigabytes, so the
-file is never decoded whole. PyAV's decoded blocks are gathered into windows of about a minute;
+file is never decoded whole. PyAV's decoded blocks are gathered into windows of two minutes;
 each window is cut where Silero VAD finds a pause (so no word is split between two windows, and
 each window's transcription stands on its own), transcribed with VAD filtering, and its segments
 are yielded with times shifted to their place in the file. Memory is bounded by the window
@@ -10,7 +10,7 @@ the window's end, which is counted in the file's metadata.
 
 Options (``ExtractContext.options``): ``language`` (skip detection), ``whisper_model``
 (overrides ``P8FS_WHISPER_MODEL``), ``device`` (``cpu``), ``compute_type`` (``int8``),
-``beam_size`` (5), ``window_seconds`` (60), ``max_duration_seconds`` (24 h),
+``beam_size`` (5), ``window_seconds`` (120), ``max_duration_seconds`` (24 h),
 ``split_channels`` (False: transcribe each channel of a multi-channel recording on its own, as
 speaker ``channel N``, for calls recorded with one party per channel; the channels' sections
 come one channel after the other).
@@ -41,7 +41,11 @@ if TYPE_CHECKING:
     from av.container import InputContainer
     from faster_whisper import WhisperModel
 
-DEFAULT_WINDOW_SECONDS = 60.0
+#: Two minutes (7.7 MB of samples): measured on 15 min of speech with tiny.en, 120 s windows
+#: ran 1.2x as fast as faster-whisper on the whole file and 60 s windows 0.85x (each window
+#: ends in a part-filled 30 s Whisper pass), at 456 vs 401 MB peak RSS; the whole file took
+#: 923 MB (benchmarks/audio_throughput.py).
+DEFAULT_WINDOW_SECONDS = 120.0
 #: Smallest window accepted: below Whisper's own 30 s context windows only cost accuracy.
 MIN_WINDOW_SECONDS = 5.0
 DEFAULT_MAX_DURATION_SECONDS = 24 * 3600.0
