@@ -13,9 +13,10 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, cast
 
 from p8fs.errors import DocumentTimeout, ProviderUnavailable
 
@@ -129,6 +130,29 @@ def source_name(source: Source) -> str:
     if isinstance(source, str | os.PathLike):
         return os.fspath(source)
     return str(getattr(source, "name", "") or "<stream>")
+
+
+@contextmanager
+def open_binary(source: Source) -> Iterator[BinaryIO]:
+    """``source`` as a binary stream positioned at its start.
+
+    A path is opened and closed here. A caller's file object is theirs: it is rewound (when
+    seekable) before and after use, and left open.
+    """
+    path = source_path(source)
+    if path is not None:
+        with open(path, "rb") as owned:
+            yield owned
+        return
+    stream = cast(BinaryIO, source)
+    seekable = stream.seekable()
+    if seekable:
+        stream.seek(0)
+    try:
+        yield stream
+    finally:
+        if seekable and not stream.closed:
+            stream.seek(0)
 
 
 def source_path(source: Source) -> Path | None:

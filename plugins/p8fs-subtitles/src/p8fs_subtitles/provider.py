@@ -10,7 +10,6 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import BinaryIO
 
 from p8fs.encoding import bom_length, detect_encoding, looks_like_text
@@ -20,8 +19,8 @@ from p8fs.providers import (
     ExtractContext,
     Section,
     Source,
+    open_binary,
     source_name,
-    source_path,
 )
 from p8fs_subtitles.cues import Cue, CueReader, CueTooLong
 
@@ -48,13 +47,7 @@ class SubtitleProvider(ContentProvider):
     priority = 20
 
     def extract(self, source: Source, context: ExtractContext) -> Iterator[Section]:
-        with ExitStack() as stack:
-            stream: BinaryIO
-            path = source_path(source)
-            if path is not None:
-                stream = stack.enter_context(open(path, "rb"))
-            else:
-                stream = source  # type: ignore[assignment]
+        with open_binary(source) as stream:
             webvtt = context.mime_type == WEBVTT_MIME or context.filename.lower().endswith(".vtt")
             reader = CueReader(context.warn, webvtt=webvtt)
             try:

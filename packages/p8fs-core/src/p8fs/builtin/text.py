@@ -11,13 +11,12 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from typing import Any, BinaryIO
 
 from p8fs import hookimpl
 from p8fs.chunking import SECTION_SEPARATOR
 from p8fs.encoding import bom_length, detect_encoding
-from p8fs.providers import ContentProvider, ExtractContext, Section, Source, source_path
+from p8fs.providers import ContentProvider, ExtractContext, Section, Source, open_binary
 
 #: Read size; sections are emitted once this much text is buffered (at the next blank line).
 READ_BYTES = 1 << 16
@@ -49,16 +48,10 @@ class TextProvider(ContentProvider):
     priority = 0
 
     def extract(self, source: Source, context: ExtractContext) -> Iterator[Section]:
-        with ExitStack() as stack:
-            stream: BinaryIO
-            path = source_path(source)
-            if path is not None:
-                stream = stack.enter_context(open(path, "rb"))
-            else:
-                stream = source  # type: ignore[assignment]
-            markdown = (context.mime_type or "").endswith("markdown") or context.filename.lower().endswith(
-                (".md", ".markdown")
-            )
+        markdown = (context.mime_type or "").endswith("markdown") or context.filename.lower().endswith(
+            (".md", ".markdown")
+        )
+        with open_binary(source) as stream:
             yield from self._sections(stream, context, markdown)
 
     def _sections(self, stream: BinaryIO, context: ExtractContext, markdown: bool) -> Iterator[Section]:

@@ -32,6 +32,7 @@ from p8fs.database import Database
 from p8fs.errors import P8fsError, error_code
 from p8fs.models import ErrorRecord, Job, JobStatus, Resource, Session, utcnow
 from p8fs.settings import Settings
+from p8fs.workers.base import DatabaseWorker
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class DreamingLimits:
     token_budget: int | None = None
 
 
-class DreamingWorker:
+class DreamingWorker(DatabaseWorker):
     """Runs DreamModel over tenants' data and keeps the results in ``jobs``."""
 
     def __init__(
@@ -63,25 +64,9 @@ class DreamingWorker:
         limits: DreamingLimits | None = None,
         settings: Settings | None = None,
     ) -> None:
-        self.settings = settings or Settings()
-        self._database = database
-        self._owns_database = database is None
-        self._schema_ready = database is not None
+        super().__init__(settings, database)
         self.model = model
         self.limits = limits or DreamingLimits()
-
-    async def database(self) -> Database:
-        if self._database is None:
-            self._database = Database.from_settings(self.settings)
-        if not self._schema_ready:
-            await self._database.init_schema()
-            self._schema_ready = True
-        return self._database
-
-    async def close(self) -> None:
-        if self._owns_database and self._database is not None:
-            await self._database.dispose()
-            self._database = None
 
     def config(self, *, require_key: bool = True) -> Any:
         from p8fs.agents.config import resolve_llm

@@ -29,6 +29,7 @@ from p8fs.database import Database
 from p8fs.errors import ConfigurationError, P8fsError, error_code
 from p8fs.models import ErrorRecord, FileRecord, Moment
 from p8fs.settings import Settings
+from p8fs.workers.base import DatabaseWorker
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def file_text(resources: Iterable[Any]) -> str:
     return "".join(r.content[int(r.metadata.get("overlap", 0) or 0) :] for r in resources)
 
 
-class MomentWorker:
+class MomentWorker(DatabaseWorker):
     """Runs MomentBuilder over transcripts and stores the moments."""
 
     def __init__(
@@ -63,25 +64,9 @@ class MomentWorker:
         settings: Settings | None = None,
         concurrency: int = 2,
     ) -> None:
-        self.settings = settings or Settings()
-        self._database = database
-        self._owns_database = database is None
-        self._schema_ready = database is not None
+        super().__init__(settings, database)
         self.model = model
         self.concurrency = concurrency
-
-    async def database(self) -> Database:
-        if self._database is None:
-            self._database = Database.from_settings(self.settings)
-        if not self._schema_ready:
-            await self._database.init_schema()
-            self._schema_ready = True
-        return self._database
-
-    async def close(self) -> None:
-        if self._owns_database and self._database is not None:
-            await self._database.dispose()
-            self._database = None
 
     async def process_transcript(
         self, tenant_id: str, transcript: Any, *, source_resource_id: str | None = None
