@@ -195,7 +195,8 @@ async def _ingest_source(
         filename=source.name,
         mime_type=mime_type,
         size=source.size,
-        options=dict(options),
+        # The configured safety limits, unless the call gives its own.
+        options={**settings.extraction_limits(), **options},
         deadline=time.monotonic() + settings.document_timeout,
     )
     chunker = registry.chunkers.get(settings.chunker)(

@@ -83,6 +83,34 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(
         20 * 1024**3, gt=0, description="Largest file accepted for processing, in bytes."
     )
+    # Safety limits against hostile files (each is also a per-call option of the same name,
+    # which wins over the setting); over a limit, the file fails with LimitExceeded naming it.
+    max_pages: int = Field(10_000, gt=0, description="Most pages a PDF may have.")
+    max_uncompressed_bytes: int = Field(
+        1024**3,
+        gt=0,
+        description="Most bytes a document may expand to when decompressed: the declared members "
+        "of an office ZIP container (docx, xlsx, pptx, odt, epub) together, or the non-image "
+        "streams of a PDF together.",
+    )
+    max_compression_ratio: int = Field(
+        1000,
+        gt=0,
+        description="Largest expansion ratio of one ZIP member or PDF stream that decompresses "
+        "to more than 16 MiB (beyond it, a decompression bomb is assumed).",
+    )
+    max_image_pixels: int = Field(
+        89_478_485,
+        gt=0,
+        description="Most pixels (width x height) an image may declare; the default is Pillow's "
+        "decompression-bomb limit.",
+    )
+    max_duration_seconds: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="Longest audio or video accepted, in seconds: checked against the declared "
+        "duration before decoding and against the decoded audio while transcribing.",
+    )
     whisper_model: str | None = Field(
         None,
         description="faster-whisper model: a folder holding model.bin and tokenizer.json, or a "
@@ -103,6 +131,17 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("P8FS_OPENAI_API_KEY", "OPENAI_API_KEY"),
         description="OpenAI (or compatible) API key (OPENAI_API_KEY).",
     )
+
+    def extraction_limits(self) -> dict[str, int | float]:
+        """The safety limits as provider options (the pipeline passes them to every provider;
+        options given with a call override them)."""
+        return {
+            "max_pages": self.max_pages,
+            "max_uncompressed_bytes": self.max_uncompressed_bytes,
+            "max_compression_ratio": self.max_compression_ratio,
+            "max_image_pixels": self.max_image_pixels,
+            "max_duration_seconds": self.max_duration_seconds,
+        }
 
     def sqlite_path(self) -> Path:
         return self.data_dir / "p8fs.db"

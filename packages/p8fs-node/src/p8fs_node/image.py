@@ -8,6 +8,7 @@ sections at all: placeholder text ("[image]") would be stored and searched as if
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -18,6 +19,10 @@ from p8fs_node.ocr import DEFAULT_LANGUAGES, ocr_image, ocr_requested, ocr_unava
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+#: Most pixels an image may declare unless option ``max_image_pixels`` (setting
+#: ``P8FS_MAX_IMAGE_PIXELS``) says otherwise: Pillow's own default guard. A constant rather than
+#: Pillow's module global, which :func:`_allow_in_pillow` may have raised for another call.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 #: Frames (TIFF pages, GIF frames) OCR'd at most; option ``max_frames``. Later frames of an
 #: animation rarely add text, and a multi-page fax TIFF beyond this is better sent as a PDF.
 DEFAULT_MAX_OCR_FRAMES = 100
@@ -27,7 +32,7 @@ class ImageProvider(ContentProvider):
     """PNG, JPEG, GIF, TIFF, BMP and WebP: header metadata, plus OCR text per frame.
 
     Options: ``ocr`` (``False`` turns OCR off), ``ocr_languages`` (default ``"eng"``),
-    ``max_image_pixels`` (default: Pillow's ``Image.MAX_IMAGE_PIXELS``, ~89 megapixels),
+    ``max_image_pixels`` (default :data:`DEFAULT_MAX_IMAGE_PIXELS`, Pillow's ~89 megapixels),
     ``max_frames``. Document facts in ``context.metadata``: ``format``, ``width``, ``height``,
     ``mode``, ``frames``, ``ocr_frames`` (1-based frames whose text came from OCR).
     """
@@ -65,7 +70,8 @@ class ImageProvider(ContentProvider):
 
         name = source_name(source)
         options = context.options
-        limit = int(options.get("max_image_pixels") or PILImage.MAX_IMAGE_PIXELS or 0)
+        limit = int(options.get("max_image_pixels") or DEFAULT_MAX_IMAGE_PIXELS)
+        _allow_in_pillow(limit)
         try:
             image = PILImage.open(source)
         except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
@@ -115,6 +121,28 @@ class ImageProvider(ContentProvider):
                     yield Section(text, metadata)
 
 
+#: Serialises raising Pillow's process-wide limit (see :func:`_allow_in_pillow`).
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+def _allow_in_pillow(limit: int) -> None:
+    """Make sure Pillow's own guard does not refuse what ``limit`` allows.
+
+    ``Image.open`` raises ``DecompressionBombError`` past twice the module-wide
+    ``Image.MAX_IMAGE_PIXELS``, whatever this call's limit says; a caller who raised
+    ``max_image_pixels`` above that would still be refused, by a message telling them to raise
+    it. Pillow has no per-call limit, so its global is raised to the largest limit asked for
+    (never lowered); the limit of *this* call is enforced by the provider itself, on the header's
+    size, before any pixel is decoded.
+    """
+    from PIL import Image as PILImage
+
+    with _PILLOW_LIMIT_LOCK:
+        current = PILImage.MAX_IMAGE_PIXELS
+        if current is not None and limit > current:
+            PILImage.MAX_IMAGE_PIXELS = limit
+
+
 def _decoded_frame(image: Image, index: int, name: str, image_ops: Any) -> Image:
     """Frame ``index`` decoded and turned upright by its EXIF orientation (phones store it so)."""
     try:
@@ -131,7 +159,8 @@ def _bomb_message(name: str, size: tuple[int, int] | None, limit: int) -> str:
     declared = f" declares {size[0]} x {size[1]} pixels," if size else " declares"
     return (
         f"{name}{declared} more than the limit of {limit} pixels (a decompression bomb, or a "
-        "legitimately huge image: raise the option max_image_pixels to accept it)"
+        "legitimately huge image: raise the option max_image_pixels or the setting "
+        "P8FS_MAX_IMAGE_PIXELS to accept it)"
     )
 
 

@@ -59,7 +59,8 @@ if TYPE_CHECKING:
 #: office document with large images stays far below it; a decompression bomb does not.
 DEFAULT_MAX_UNCOMPRESSED_BYTES = 1024**3
 #: A member whose declared size exceeds its compressed size by more than this ratio (and which
-#: is large in absolute terms) is treated as a bomb even under the total limit.
+#: is large in absolute terms) is treated as a bomb even under the total limit; option
+#: ``max_compression_ratio`` (setting ``P8FS_MAX_COMPRESSION_RATIO``).
 MAX_COMPRESSION_RATIO = 1000
 _RATIO_MIN_BYTES = 16 * 1024**2
 #: Upper bound on how many consecutive same-kind elements form one section.
@@ -145,8 +146,10 @@ class OfficeProvider(ContentProvider):
     category), ``heading`` (nearest title above), ``page`` / ``slide`` / ``sheet``, and for
     tables ``table_format`` (``markdown``, or ``html`` when merged cells need it).
 
-    Options (``context.options``): ``max_uncompressed_bytes`` for ZIP-based formats;
-    ``password`` for a password-protected Word, PowerPoint or Excel file.
+    Options (``context.options``): ``max_uncompressed_bytes`` and ``max_compression_ratio`` for
+    ZIP-based formats (decompression-bomb limits, checked on the container's declared sizes
+    before anything is inflated); ``password`` for a password-protected Word, PowerPoint or
+    Excel file.
     """
 
     name = "office"
@@ -330,7 +333,8 @@ def _check_container(source: Source, fmt: OfficeFormat, name: str, context: Extr
 
 
 def _check_zip(stream: IO[bytes], fmt: OfficeFormat, name: str, context: ExtractContext) -> None:
-    limit = int(context.options.get("max_uncompressed_bytes", DEFAULT_MAX_UNCOMPRESSED_BYTES))
+    limit = int(context.options.get("max_uncompressed_bytes") or DEFAULT_MAX_UNCOMPRESSED_BYTES)
+    max_ratio = int(context.options.get("max_compression_ratio") or MAX_COMPRESSION_RATIO)
     try:
         with zipfile.ZipFile(stream) as archive:
             infos = archive.infolist()
@@ -344,23 +348,26 @@ def _check_zip(stream: IO[bytes], fmt: OfficeFormat, name: str, context: Extract
                         "encrypted; remove the password to index it"
                     )
                 total += info.file_size
-                if (
-                    info.file_size > _RATIO_MIN_BYTES
-                    and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1)
+                if info.file_size > _RATIO_MIN_BYTES and info.file_size > max_ratio * max(
+                    info.compress_size, 1
                 ):
                     raise LimitExceeded(
                         f"{name}: member {info.filename!r} expands {info.compress_size} bytes to "
-                        f"{info.file_size} (more than {MAX_COMPRESSION_RATIO}:1): refusing a "
-                        "likely decompression bomb",
-                        limit="compression_ratio",
+                        f"{info.file_size} (more than {max_ratio}:1): refusing a likely "
+                        "decompression bomb (option max_compression_ratio, setting "
+                        "P8FS_MAX_COMPRESSION_RATIO)",
+                        limit="max_compression_ratio",
                     )
             if total > limit:
                 raise LimitExceeded(
                     f"{name}: the {fmt.label} container declares {total} uncompressed bytes, more "
-                    f"than the limit of {limit} (option max_uncompressed_bytes)",
+                    f"than the limit of {limit} (option max_uncompressed_bytes, setting "
+                    "P8FS_MAX_UNCOMPRESSED_BYTES)",
                     limit="max_uncompressed_bytes",
                     declared=total,
                 )
+            for info in infos:
+                _verify_member(archive, info, name, fmt, context)
             names = {info.filename for info in infos}
             if fmt.key == "odt" and _odf_encrypted(archive, names):
                 raise EncryptedDocument(
@@ -372,6 +379,41 @@ def _check_zip(stream: IO[bytes], fmt: OfficeFormat, name: str, context: Extract
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
         raise CorruptDocument(
             f"{name} is not a readable {fmt.label} file: its ZIP container is damaged or truncated ({exc})"
+        ) from exc
+
+
+#: Inflated bytes read at a time while verifying a member (bounds the check's memory).
+_VERIFY_READ = 1024**2
+
+
+def _verify_member(
+    archive: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    name: str,
+    fmt: OfficeFormat,
+    context: ExtractContext,
+) -> None:
+    """Inflate ``info`` in bounded reads to prove it holds what its header declares.
+
+    The size checks above trust the headers, and a bomb can lie in them: declare 5 kB for a
+    member that inflates to gigabytes. ``zipfile`` never returns more than the declared size,
+    but a whole-member ``read()`` (what python-docx, openpyxl and friends do) inflates all of
+    the compressed data in one call before cutting it to size, so a lying member costs its
+    true size in memory. Reading here in 1 MiB steps stops at the declared size, where the
+    CRC no longer matches: the lie is refused, having cost one step of memory.
+    """
+    if info.compress_type == zipfile.ZIP_STORED or info.is_dir():
+        return
+    try:
+        with archive.open(info) as member:
+            while member.read(_VERIFY_READ):
+                context.check_deadline()
+    except zipfile.BadZipFile as exc:
+        raise CorruptDocument(
+            f"{name}: member {info.filename!r} of the {fmt.label} container does not inflate to "
+            f"the {info.file_size} bytes its header declares ({exc}): damaged, or a "
+            "decompression bomb hiding its size",
+            member=info.filename,
         ) from exc
 
 

@@ -63,6 +63,16 @@ PDFIUM_LOCK = threading.RLock()
 CLOSE_WAIT_SECONDS = 5.0
 #: Documents with more pages are refused (``LimitExceeded``); option ``max_pages`` overrides.
 DEFAULT_MAX_PAGES = 10_000
+#: Default ceiling on what the document's non-image streams may inflate to, together (option
+#: ``max_uncompressed_bytes``, setting ``P8FS_MAX_UNCOMPRESSED_BYTES``).
+DEFAULT_MAX_UNCOMPRESSED_BYTES = 1024**3
+#: A stream inflating more than this many times its compressed size (and past
+#: :data:`RATIO_MIN_BYTES`) is a decompression bomb (option ``max_compression_ratio``).
+DEFAULT_MAX_COMPRESSION_RATIO = 1000
+RATIO_MIN_BYTES = 16 * 1024**2
+#: Page failures reported one by one; beyond them, one summary (a page tree claiming thousands
+#: of pages that do not exist must not write thousands of warnings).
+MAX_PAGE_WARNINGS = 20
 #: Resolution at which pages without a text layer are rendered for OCR; option ``ocr_dpi``.
 DEFAULT_OCR_DPI = 300
 #: A rendered page never exceeds this many pixels (a poster-sized page is rendered coarser),
@@ -126,7 +136,9 @@ class PdfProvider(ContentProvider):
 
     Options (``context.options``): ``password`` (user or owner password of an encrypted file),
     ``layout`` (``True``: pdfminer.six reading order), ``ocr`` (``False`` disables OCR),
-    ``ocr_languages`` (tesseract languages, default ``"eng"``), ``ocr_dpi``, ``max_pages``.
+    ``ocr_languages`` (tesseract languages, default ``"eng"``), ``ocr_dpi``, and the safety
+    limits ``max_pages``, ``max_uncompressed_bytes``, ``max_compression_ratio`` (see
+    :func:`check_stream_expansion`).
 
     Document facts written to ``context.metadata``: ``pages``, ``encrypted``, ``pdf_version``,
     ``engine``, the info dictionary (``title``, ``author``, ``producer``, ``creator``, ``created``
@@ -152,6 +164,19 @@ class PdfProvider(ContentProvider):
 
         with ExitStack() as stack:
             pdfium_input, layout_input = _prepare_input(source, stack, name)
+            # Before PDFium sees the file: it inflates a page's content streams whole, in one
+            # call nothing can interrupt (a 2 MB file can hold a 2 GB stream).
+            check_stream_expansion(
+                layout_input,
+                name,
+                max_bytes=int(
+                    options.get("max_uncompressed_bytes") or DEFAULT_MAX_UNCOMPRESSED_BYTES
+                ),
+                max_ratio=int(
+                    options.get("max_compression_ratio") or DEFAULT_MAX_COMPRESSION_RATIO
+                ),
+                deadline=context.deadline,
+            )
             deadline = context.deadline
             doc = _open_pdfium(pdfium_input, password, name, deadline)
             stack.callback(_close, doc)
@@ -164,7 +189,7 @@ class PdfProvider(ContentProvider):
             if page_count > max_pages:
                 raise LimitExceeded(
                     f"{name} has {page_count} pages, more than the limit of {max_pages} "
-                    "(option max_pages)",
+                    "(option max_pages, setting P8FS_MAX_PAGES)",
                     pages=page_count,
                     limit=max_pages,
                 )
@@ -190,7 +215,8 @@ class PdfProvider(ContentProvider):
                 except Exception as exc:  # a damaged page must not cost the other pages
                     failed.append(number)
                     context.metadata["pages_failed"] = failed
-                    context.warn(f"page {number} could not be read: {exc}")
+                    if len(failed) <= MAX_PAGE_WARNINGS:
+                        context.warn(f"page {number} could not be read: {exc}")
                     continue
                 # pdfminer's text, unless it found none where pdfium found some.
                 if mined is not None and (mined.strip() or not text.strip()):
@@ -211,6 +237,216 @@ class PdfProvider(ContentProvider):
                     ocr_pages.append(number)
                     yield Section(recognised, {"page": number, "kind": "page", "ocr": True})
             _report_pages_without_text(context, without_text, ocr_pages, page_count, ocr)
+            if len(failed) > MAX_PAGE_WARNINGS:
+                context.warn(
+                    f"{len(failed) - MAX_PAGE_WARNINGS} more page(s) could not be read "
+                    f"({len(failed)} of {page_count} in all; see pages_failed)"
+                )
+
+
+#: ``stream`` keyword and its end of line, where a PDF stream's data begins (not ``endstream``).
+_STREAM_START = re.compile(rb"(?<!end)stream(?:\r\n|\n|\r)")
+_SCAN_BLOCK = 1024**2
+#: How far before a stream its dictionary is looked for (to tell images apart).
+_DICT_LOOKBACK = 4096
+#: Nested ``/Filter [/FlateDecode /FlateDecode ...]`` layers followed.
+_MAX_FLATE_LAYERS = 4
+
+
+def check_stream_expansion(
+    source: Path | BinaryIO,
+    name: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES,
+    max_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO,
+    deadline: float | None = None,
+) -> int:
+    """Refuse a PDF whose Flate streams inflate beyond the limits; return their inflated size.
+
+    PDFium inflates each content stream it needs whole, in memory, in one uninterruptible call:
+    a page whose content is 2 GB of spaces (2 MB compressed) costs 3 GB of memory and seconds
+    before any Python check could run. So every zlib stream in the file is inflated here first,
+    block by block with its output discarded (memory stays one block), following nested Flate
+    layers, and the file is refused with :class:`LimitExceeded` when one stream inflates more
+    than ``max_ratio`` times its compressed size past :data:`RATIO_MIN_BYTES`, or when all of
+    them together pass ``max_bytes``. Image streams are skipped: text extraction never decodes
+    them (OCR renders at a bounded size). Streams that are not zlib data (JPEG, JBIG2, encrypted
+    ones) cost one failed header check each.
+    """
+    with ExitStack() as stack:
+        stream: BinaryIO = (
+            stack.enter_context(open(source, "rb")) if isinstance(source, Path) else source
+        )
+        start = stream.tell()
+        try:
+            return _scan_streams(stream, name, max_bytes, max_ratio, deadline)
+        finally:
+            stream.seek(start)
+
+
+def _scan_streams(
+    stream: BinaryIO, name: str, max_bytes: int, max_ratio: int, deadline: float | None
+) -> int:
+    total = 0
+    position = 0  # where the search for the next ``stream`` keyword resumes
+    window_start, window = 0, b""
+    while True:
+        offset = position - window_start
+        match = _STREAM_START.search(window, offset) if 0 <= offset < len(window) else None
+        if match is None:
+            # Read the next block, keeping the last bytes of this one: a keyword split between
+            # two blocks, and the dictionary before a stream, are still found.
+            keep = min(len(window), _DICT_LOOKBACK) if offset >= 0 else 0
+            stream.seek(max(position - keep, 0) if keep else position)
+            window_start = stream.tell()
+            window = stream.read(_SCAN_BLOCK)
+            if len(window) <= position - window_start:
+                return total
+            match = _STREAM_START.search(window, position - window_start)
+            if match is None:
+                position = window_start + max(len(window) - 16, position - window_start + 1)
+                if len(window) < _SCAN_BLOCK:
+                    return total
+                continue
+        data_start = window_start + match.end()
+        if _is_image_stream(window[max(0, match.start() - _DICT_LOOKBACK) : match.start()]):
+            position = data_start
+            continue
+        consumed, inflated = _inflated_size(
+            stream, data_start, name, max_ratio, max_bytes - total, deadline
+        )
+        total += inflated
+        position = data_start + max(consumed, 1)
+
+
+def _is_image_stream(before: bytes) -> bool:
+    """Whether the dictionary just before a ``stream`` keyword says ``/Subtype /Image``."""
+    header = before[before.rfind(b" obj") + 1 :]
+    return re.search(rb"/Subtype\s*/Image\b", header) is not None
+
+
+def _inflated_size(
+    stream: BinaryIO,
+    start: int,
+    name: str,
+    max_ratio: int,
+    budget: int,
+    deadline: float | None,
+) -> tuple[int, int]:
+    """(compressed bytes consumed, inflated bytes) of the zlib data at ``start``, following
+    nested layers; ``(0, 0)`` when it is not zlib data. Raises once a limit is passed."""
+    import zlib
+
+    inflater = _Inflater(name, max_ratio, budget, deadline)
+    stream.seek(start)
+    try:
+        while not inflater.done:
+            block = stream.read(_INFLATE_READ)
+            if not block:
+                break
+            inflater.feed(block)
+    except zlib.error:
+        if inflater.inflated == 0:
+            return 0, 0  # not zlib data at all (or broken from its first byte)
+        # Damaged after some good data: what PDFium makes of it is its business; the part
+        # that inflated has been counted.
+    return inflater.consumed, inflater.inflated
+
+
+#: Compressed bytes read at a time, and most bytes one inflate step may produce: together they
+#: bound the check's memory whatever the ratio.
+_INFLATE_READ = 16 * 1024
+_INFLATE_STEP = 1024**2
+
+
+class _Inflater:
+    """Inflates one stream through nested zlib layers in bounded steps, counting the output."""
+
+    def __init__(self, name: str, max_ratio: int, budget: int, deadline: float | None) -> None:
+        import zlib
+
+        self.name = name
+        self.max_ratio = max_ratio
+        self.budget = budget
+        self.deadline = deadline
+        self.layers = [zlib.decompressobj()]
+        self.produced = [False]
+        self.fed = 0
+        self.inflated = 0
+        self.steps = 0
+
+    @property
+    def consumed(self) -> int:
+        outer = self.layers[0]
+        return self.fed - len(outer.unconsumed_tail) - len(outer.unused_data)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.layers[0].eof)
+
+    def feed(self, block: bytes) -> None:
+        self.fed += len(block)
+        self._push(0, block)
+
+    def _push(self, depth: int, data: bytes) -> None:
+        import zlib
+
+        layer = self.layers[depth]
+        while data and not layer.eof:
+            out = layer.decompress(data, _INFLATE_STEP)
+            data = layer.unconsumed_tail
+            if not out:
+                continue
+            if not self.produced[depth]:
+                self.produced[depth] = True
+                last = depth == len(self.layers) - 1
+                if last and len(self.layers) < _MAX_FLATE_LAYERS and _looks_like_zlib(out):
+                    # A doubled /FlateDecode: follow the inner stream.
+                    self.layers.append(zlib.decompressobj())
+                    self.produced.append(False)
+            if depth < len(self.layers) - 1:
+                try:
+                    self._push(depth + 1, out)
+                    continue
+                except zlib.error:
+                    # The inner "stream" was not one after all: count this layer's output.
+                    del self.layers[depth + 1 :], self.produced[depth + 1 :]
+            self.inflated += len(out)
+            self._check()
+
+    def _check(self) -> None:
+        self.steps += 1
+        consumed = max(self.consumed, 1)
+        ratio_hit = self.inflated > RATIO_MIN_BYTES and self.inflated > self.max_ratio * consumed
+        if ratio_hit or self.inflated > self.budget:
+            _refuse(self.name, self.inflated, consumed, self.max_ratio, ratio_hit, self.budget)
+        if self.deadline is not None and self.steps % 64 == 0 and time.monotonic() > self.deadline:
+            raise DocumentTimeout(
+                f"checking the streams of {self.name} exceeded its time limit "
+                "(P8FS_DOCUMENT_TIMEOUT)"
+            )
+
+
+def _looks_like_zlib(data: bytes) -> bool:
+    """A zlib header: deflate method, and the header checksum holds."""
+    return len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+
+
+def _refuse(
+    name: str, inflated: int, consumed: int, max_ratio: int, ratio_hit: bool, budget: int
+) -> None:
+    if ratio_hit:
+        raise LimitExceeded(
+            f"{name}: a stream inflates {consumed:,} bytes to more than {inflated:,} (over "
+            f"{max_ratio}:1): refusing a likely decompression bomb (option "
+            "max_compression_ratio, setting P8FS_MAX_COMPRESSION_RATIO)",
+            limit="max_compression_ratio",
+        )
+    raise LimitExceeded(
+        f"{name}: its streams inflate to more than the limit of {budget:,} bytes (option "
+        "max_uncompressed_bytes, setting P8FS_MAX_UNCOMPRESSED_BYTES)",
+        limit="max_uncompressed_bytes",
+    )
 
 
 def _password(value: Any) -> str | None:
