@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import codecs
 import io
+import itertools
 import os
 import re
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import default as default_email_policy
@@ -176,9 +177,10 @@ class OfficeProvider(ContentProvider):
             header = _email_header_section(source, context)
         elements = _partition(fmt, source, name)
         context.metadata["elements"] = len(elements)
-        if header is not None:
-            yield header
-        yield from _sections(elements, fmt, context)
+        sections = _sections(elements, fmt, context)
+        yield from _without_nul(
+            itertools.chain([header], sections) if header else sections, context
+        )
 
     @staticmethod
     def format_of(source: Source, context: ExtractContext) -> OfficeFormat:
@@ -600,7 +602,7 @@ def _email_header_section(source: Source, context: ExtractContext) -> Section | 
     ):
         value = headers.get(field_name)
         if value:
-            text = " ".join(str(value).split())
+            text = " ".join(str(value).replace("\x00", "").split())
             context.metadata[key] = text
             lines.append(f"{field_name}: {text}")
     if not lines:
@@ -669,6 +671,24 @@ def _sections(
             group_meta = meta
         group.append(text)
     yield from flush()
+
+
+def _without_nul(sections: Iterable[Section], context: ExtractContext) -> Iterator[Section]:
+    """The sections with NUL characters dropped (counted in one warning).
+
+    A damaged file (a zeroed block) or a crafted one puts U+0000 in the text; PostgreSQL
+    refuses to store it at all, which would cost the whole document for an invisible character.
+    """
+    dropped = 0
+    for section in sections:
+        if "\x00" in section.text:
+            dropped += section.text.count("\x00")
+            section.text = section.text.replace("\x00", "")
+            if not section.text.strip():
+                continue
+        yield section
+    if dropped:
+        context.warn(f"{dropped} NUL character(s) dropped from the text")
 
 
 def table_text(element: Element) -> tuple[str, str]:

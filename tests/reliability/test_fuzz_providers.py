@@ -1,0 +1,284 @@
+"""Every provider under mutation fuzzing of real files: typed errors only, no hang, bounded memory.
+
+For each provider a handful of real files (the shared corpus, plus files generated here where
+the corpus has none: xlsx, odt, rtf, eml, images) are mutated by a seeded loop (``mutate.py``)
+and each mutant is extracted in the sandbox child (``sandbox.py``) with a per-document
+deadline. A mutant passes when extraction succeeds or raises a ``p8fs.errors.P8fsError``, with
+output a database accepts, within the hard timeout and under :data:`MEMORY_BOUND` of extra peak
+memory. Anything else fails the test, naming the seed and mutation, and the mutant is kept
+under the test's ``tmp_path`` to be turned into a regression test.
+
+CI runs :data:`EXAMPLES` mutants per provider with a fixed seed (reproducible, ~1 minute in
+all); ``P8FS_FUZZ_EXAMPLES`` and ``P8FS_FUZZ_SEED`` run a longer or different campaign.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.servers import corpus_path
+from tests.reliability.mutate import mutant
+from tests.reliability.sandbox import Outcome, Request, Sandbox
+
+SEED = int(os.environ.get("P8FS_FUZZ_SEED", "20261128"))
+EXAMPLES = int(os.environ.get("P8FS_FUZZ_EXAMPLES", "30"))
+MiB = 1024**2
+#: Extra peak memory one extraction of a small mutated file may take. The originals take
+#: 0–60 MiB here (a Whisper window, unstructured's parse); a mutant that makes a parser
+#: allocate by a claimed size instead of the real one blows far past this.
+MEMORY_BOUND = 300 * MiB
+
+
+@dataclass(frozen=True)
+class Target:
+    """A provider and the real files its mutants are made from."""
+
+    provider: str
+    files: tuple[str, ...]
+    examples: int = EXAMPLES
+    options: dict[str, Any] = field(default_factory=dict)
+    zipped: bool = False
+    #: Why NUL characters in this provider's text are tolerated here (the database layer then
+    #: refuses the file with the typed ``UnstorableText`` on PostgreSQL), or None: NUL fails.
+    keeps_nul: str | None = None
+
+
+# -- generated originals (formats the corpus lacks) --------------------------------------------
+
+
+def _xlsx(path: Path) -> None:
+    from openpyxl import Workbook
+
+    workbook = Workbook()
+    sheet = workbook.active
+    for row in (("Name", "Colour", "Price"), ("Apple", "Red", 1.25), ("Kiwi", "Green", 0.8)):
+        sheet.append(row)
+    workbook.create_sheet("Stock").append(("Basel", 120))
+    workbook.save(path)
+
+
+def _odt(path: Path) -> None:
+    import pypandoc
+
+    pypandoc.convert_text(
+        "# Minutes\n\nThe board approved the budget.\n\n- one\n- two\n",
+        "odt",
+        format="markdown",
+        outputfile=str(path),
+    )
+
+
+def _rtf(path: Path) -> None:
+    path.write_bytes(
+        rb"{\rtf1\ansi\ansicpg1252{\fonttbl\f0\fswiss Helvetica;}\f0\pard"
+        rb" Dear Ms. M\'fcller,\par The invoice {\b 42} is attached.\par}"
+    )
+
+
+def _eml(path: Path) -> None:
+    path.write_bytes(
+        b"From: Alice <alice@example.org>\r\nTo: bob@example.org\r\nSubject: Quarterly numbers\r\n"
+        b"Date: Mon, 6 Jan 2025 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\nRevenue grew 12 % to 4.2 million.\r\n"
+    )
+
+
+def _image(fmt: str) -> Callable[[Path], None]:
+    def build(path: Path) -> None:
+        from PIL import Image, ImageDraw, ImageFont
+
+        image = Image.new("RGB", (360, 90), "white")
+        ImageDraw.Draw(image).text(
+            (12, 20), "INVOICE 42", fill="black", font=ImageFont.load_default(size=40)
+        )
+        image.save(path, format=fmt)
+
+    return build
+
+
+GENERATED: dict[str, Callable[[Path], None]] = {
+    "inventory.xlsx": _xlsx,
+    "minutes.odt": _odt,
+    "letter.rtf": _rtf,
+    "note.eml": _eml,
+    "invoice.png": _image("PNG"),
+    "invoice.jpg": _image("JPEG"),
+    "invoice.gif": _image("GIF"),
+    "invoice.tiff": _image("TIFF"),
+}
+
+TARGETS = {
+    "pdf": Target(
+        "pdf",
+        (
+            "p8fs_sample_data/p8fs_node/documents/sample.pdf",
+            "pdf/spf_minimal-document.pdf",
+            "pdf/unst_rotated-page-90.pdf",
+            "pdf/spf_libreoffice-form.pdf",
+            "pdf/pypdf_r2-empty-password.pdf",
+            "pdf/spf_imagemagick-CCITTFaxDecode.pdf",
+            "pdf/pdfjs_vertical.pdf",
+        ),
+        examples=EXAMPLES * 2,  # fast (milliseconds each) and the most attacked format
+        options={"ocr": False},
+    ),
+    "pdf-layout-ocr": Target(
+        "pdf",
+        ("pdf/spf_minimal-document.pdf", "pdf/spf_imagemagick-CCITTFaxDecode.pdf"),
+        examples=max(4, EXAMPLES // 3),
+        options={"layout": True},  # pdfminer.six's parser, and OCR of image-only pages
+    ),
+    "office": Target(
+        "office",
+        (
+            "docs/unst_handbook-1p.docx",
+            "docs/unst_docx-tables.docx",
+            "docs/unst_fake-power-point.pptx",
+            "docs/unst_fake-power-point-table.pptx",
+            "inventory.xlsx",
+            "minutes.odt",
+            "docs/unst_winter-sports.epub",
+        ),
+        zipped=True,
+    ),
+    "office-text": Target(
+        "office",
+        (
+            "docs/unst_fake-html-cp1252.html",
+            "docs/unst_example-10k-1p.html",
+            "letter.rtf",
+            "note.eml",
+        ),
+        examples=max(4, EXAMPLES * 2 // 3),
+    ),
+    "image": Target(
+        "image",
+        ("invoice.png", "invoice.jpg", "invoice.gif", "invoice.tiff"),
+        examples=max(4, EXAMPLES * 2 // 3),
+    ),
+    "audio": Target(
+        "audio",
+        (
+            "audio/ds_LDC93S1.wav",
+            "audio/sr_english.wav",
+            "audio/sr_french.aiff",
+            "audio/fw_multilingual.mp3",
+        ),
+        examples=max(4, EXAMPLES * 2 // 3),
+    ),
+    "video": Target(
+        "video",
+        ("video/autocut_test001.mp4", "video/moviepy_big_buck_bunny_432_433.webm"),
+        examples=max(4, EXAMPLES // 3),
+    ),
+    "text": Target(
+        "text",
+        (
+            "docs/unst_norwich-city.txt",
+            "docs/unst_fake-text-utf-32.txt",
+            "docs/unst_codeblock.md",
+            "docs/unst_umlauts-non-utf8.md",
+            "p8fs_sample_data/p8fs_node/structured/sample.json",
+        ),
+        keeps_nul="p8fs.builtin.text keeps U+0000 as it is; on PostgreSQL the write is then "
+        "refused with UnstorableText (typed), costing the whole file",
+    ),
+    "subtitles": Target(
+        "subtitles",
+        ("transcripts/podcastns_example.srt", "video/autocut_test.srt"),
+        keeps_nul="the subtitles plugin keeps U+0000 as it is; on PostgreSQL the write is then "
+        "refused with UnstorableText (typed), costing the whole file",
+    ),
+}
+
+
+def _original(name: str, folder: Path) -> Path:
+    if name in GENERATED:
+        path = folder / name
+        if not path.exists():
+            GENERATED[name](path)
+        return path
+    return corpus_path(name)
+
+
+@dataclass
+class Campaign:
+    """The outcomes of one target's mutants, and the ones that broke a rule."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    peak: int = 0
+
+    def summary(self, target: str) -> str:
+        counts = ", ".join(f"{label} {n}" for label, n in sorted(self.outcomes.items()))
+        return (
+            f"fuzz {target}: {sum(self.outcomes.values())} mutants (seed {SEED}): {counts}; "
+            f"max extra peak memory {self.peak / MiB:.0f} MiB"
+        )
+
+
+def _label(outcome: Outcome, target: Target) -> str:
+    if outcome.kind == "bad_output" and outcome.detail.startswith("NUL") and target.keeps_nul:
+        return "nul_text(UnstorableText on PostgreSQL)"
+    return outcome.label()
+
+
+def _check(outcome: Outcome, target: Target) -> str | None:
+    """Why this outcome breaks the contract, or None."""
+    tolerated = (
+        outcome.kind == "bad_output" and outcome.detail.startswith("NUL") and target.keeps_nul
+    )
+    if not outcome.acceptable and not tolerated:
+        return f"{outcome.kind} {outcome.error or ''}: {outcome.message} {outcome.detail}".strip()
+    if outcome.peak_bytes > MEMORY_BOUND:
+        return f"took {outcome.peak_bytes / MiB:.0f} MiB of extra memory"
+    return None
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_mutated_files_give_only_typed_errors(
+    name: str, sandbox: Sandbox, tmp_path: Path, whisper_dir: Path
+) -> None:
+    target = TARGETS[name]
+    options = {"whisper_model": str(whisper_dir), **target.options}
+    originals = [_original(f, tmp_path) for f in target.files]
+    contents = [p.read_bytes() for p in originals]
+
+    # The originals first: they must extract (this also warms the child's imports up).
+    for path in originals:
+        outcome = sandbox.run(Request(target.provider, str(path), path.name, None, options))
+        assert outcome.kind == "ok", f"original {path.name}: {outcome}"
+
+    campaign = Campaign()
+    kept = tmp_path / "mutants"
+    kept.mkdir()
+    for index in range(target.examples):
+        which = index % len(originals)
+        seed = SEED * 100_003 + zlib.crc32(name.encode()) + index
+        others = contents[:which] + contents[which + 1 :]
+        data, how = mutant(seed, contents[which], others, zipped=target.zipped)
+        path = kept / f"{index:03d}-{originals[which].name}"
+        path.write_bytes(data)
+        outcome = sandbox.run(
+            Request(target.provider, str(path), originals[which].name, None, options)
+        )
+        campaign.outcomes[_label(outcome, target)] += 1
+        campaign.peak = max(campaign.peak, outcome.peak_bytes)
+        problem = _check(outcome, target)
+        if problem:
+            campaign.failures.append(f"{path.name} (seed {seed}, {how}): {problem}")
+        else:
+            path.unlink()
+    print(campaign.summary(name))
+    assert not campaign.failures, (
+        f"{len(campaign.failures)} of {target.examples} mutants broke the contract "
+        f"(kept in {kept}):\n" + "\n".join(campaign.failures)
+    )
