@@ -14,6 +14,7 @@ all); ``P8FS_FUZZ_EXAMPLES`` and ``P8FS_FUZZ_SEED`` run a longer or different ca
 
 from __future__ import annotations
 
+import io
 import os
 import zlib
 from collections import Counter
@@ -282,3 +283,91 @@ def test_mutated_files_give_only_typed_errors(
         f"{len(campaign.failures)} of {target.examples} mutants broke the contract "
         f"(kept in {kept}):\n" + "\n".join(campaign.failures)
     )
+
+
+# -- regressions: minimized inputs from fuzzing campaigns ----------------------------------------
+
+
+def _office(path: Path) -> tuple[list[Any], Any]:
+    from p8fs.providers import ExtractContext
+    from p8fs_node.office import OfficeProvider
+
+    context = ExtractContext(filename=path.name)
+    return list(OfficeProvider().extract(path, context)), context
+
+
+def test_regression_damaged_deflate_data_in_a_member_is_corrupt_document(tmp_path: Path) -> None:
+    """Seed 1, office mutant 028: one flipped bit inside document.xml's deflate data made the
+    member check raise ``zlib.error`` (the CRC is never reached)."""
+    import struct
+    import zipfile
+
+    from p8fs.errors import CorruptDocument
+
+    data = bytearray(corpus_path("docs/unst_handbook-1p.docx").read_bytes())
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
+        info = archive.getinfo("word/document.xml")
+    name_length, extra_length = struct.unpack(
+        "<HH", data[info.header_offset + 26 : info.header_offset + 30]
+    )
+    start = info.header_offset + 30 + name_length + extra_length
+    data[start + 3 : start + 40] = bytes(37)  # a zeroed run in the Huffman tables
+    path = tmp_path / "damaged.docx"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptDocument, match=r"word/document\.xml"):
+        _office(path)
+
+
+def test_regression_unknown_xml_encoding_in_epub_container_costs_only_the_metadata(
+    tmp_path: Path,
+) -> None:
+    """Seed 1, office mutant 118: ``encoding="utf-1"`` in META-INF/container.xml raised
+    ``LookupError`` from the metadata reader."""
+    import zipfile
+
+    source = corpus_path("docs/unst_winter-sports.epub")
+    path = tmp_path / "odd-encoding.epub"
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(path, "w") as copy:
+        for info in original.infolist():
+            body = original.read(info)
+            if info.filename == "META-INF/container.xml":
+                body = body.replace(b"encoding='utf-8'", b"encoding='utf-1'")
+                assert b"utf-1" in body
+            copy.writestr(info, body)
+    sections, _ = _office(path)
+    assert sections and "Switzerland" in " ".join(s.text for s in sections)
+
+
+def test_regression_email_date_past_year_9999_is_a_typed_error(tmp_path: Path) -> None:
+    """Seed 1, office-text mutant 099: a Date header with an 11-digit year made the e-mail
+    package raise ``OverflowError`` while the header section was built. The header section now
+    keeps such a header as written; unstructured's own parser still fails on it, and that
+    becomes a ``CorruptDocument`` naming the cause."""
+    from p8fs.errors import CorruptDocument
+    from p8fs.providers import ExtractContext
+    from p8fs_node.office import _email_header_section
+
+    path = tmp_path / "far-future.eml"
+    path.write_bytes(
+        b"From: Alice <alice@example.org>\r\nSubject: Numbers\r\n"
+        b"Date: Mon, 6 Jan 99999999999 10:00:00 +0000\r\n\r\nRevenue grew.\r\n"
+    )
+    header = _email_header_section(path, ExtractContext())
+    assert header is not None
+    assert "Date: Mon, 6 Jan 99999999999 10:00:00 +0000" in header.text
+    with pytest.raises(CorruptDocument, match="OverflowError"):
+        _office(path)
+
+
+def test_regression_nul_in_an_email_is_dropped_with_a_warning(tmp_path: Path) -> None:
+    """Seed 20261128, office-text mutants 007/015: a zeroed range left U+0000 in the text,
+    which PostgreSQL refuses to store (the whole file would be lost for it)."""
+    path = tmp_path / "zeroed.eml"
+    path.write_bytes(
+        b"From: alice@example.org\r\nSubject: Q\x00uarterly\r\n\r\nRevenue\x00\x00 grew.\r\n"
+    )
+    sections, context = _office(path)
+    text = " ".join(s.text for s in sections)
+    assert "\x00" not in text and "Revenue grew." in text and "Subject: Quarterly" in text
+    assert context.metadata["subject"] == "Quarterly"
+    assert any("NUL character(s) dropped" in w for w in context.warnings)

@@ -28,6 +28,7 @@ import itertools
 import os
 import re
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
@@ -378,7 +379,15 @@ def _check_zip(stream: IO[bytes], fmt: OfficeFormat, name: str, context: Extract
             context.metadata.update(_container_metadata(archive, names, fmt))
     except P8fsError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        ValueError,
+        NotImplementedError,
+    ) as exc:
         raise CorruptDocument(
             f"{name} is not a readable {fmt.label} file: its ZIP container is damaged or truncated ({exc})"
         ) from exc
@@ -410,7 +419,7 @@ def _verify_member(
         with archive.open(info) as member:
             while member.read(_VERIFY_READ):
                 context.check_deadline()
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
         raise CorruptDocument(
             f"{name}: member {info.filename!r} of the {fmt.label} container does not inflate to "
             f"the {info.file_size} bytes its header declares ({exc}): damaged, or a "
@@ -450,7 +459,7 @@ def _container_metadata(
                     if element.tag.endswith("rootfile") and element.get("full-path"):
                         member = element.get("full-path")
                         break
-            except ElementTree.ParseError:
+            except (ElementTree.ParseError, LookupError, ValueError):
                 pass
     if member is None or member not in names:
         return {}
@@ -458,7 +467,7 @@ def _container_metadata(
         return {}
     try:
         root = ElementTree.fromstring(archive.read(member))
-    except ElementTree.ParseError:
+    except (ElementTree.ParseError, LookupError, ValueError):  # LookupError: unknown encoding
         return {}
     found: dict[str, Any] = {}
     for key, tag in (("title", "title"), ("author", "creator"), ("language", "language")):
@@ -600,7 +609,10 @@ def _email_header_section(source: Source, context: ExtractContext) -> Section | 
         ("Cc", "cc"),
         ("Date", "date"),
     ):
-        value = headers.get(field_name)
+        try:
+            value = headers.get(field_name)
+        except Exception:  # e.g. a Date in the year 10**11: keep the header as it was written
+            value = next((v for k, v in headers.raw_items() if k.lower() == key), None)
         if value:
             text = " ".join(str(value).replace("\x00", "").split())
             context.metadata[key] = text
