@@ -247,7 +247,8 @@ async def peak_memory(
     before = (await js.consumer_info(spec.stream, spec.durable)).ack_floor.stream_seq
     worker = spawn(["worker", "--tier", tier], env, logs / f"memory-{mib}.log")
     try:
-        await js.publish(tiers.EVENTS_SUBJECT, event(key, mib << 20))
+        # Straight to the tier (no router runs in this phase; routing is measured above).
+        await js.publish(spec.subject, event(key, mib << 20))
         peak = 0.0
         end = time.monotonic() + 3600
         while time.monotonic() < end:
@@ -263,6 +264,14 @@ async def peak_memory(
         stop(worker)
 
 
+class Rows(list[tuple[str, str, str]]):
+    """Result rows, each also printed as soon as it is measured (a long run shows progress)."""
+
+    def append(self, row: tuple[str, str, str]) -> None:
+        super().append(row)
+        print(" | ".join(row), flush=True)
+
+
 async def main(args: argparse.Namespace) -> None:
     import nats
 
@@ -275,7 +284,7 @@ async def main(args: argparse.Namespace) -> None:
         nc = await nats.connect(**nats_server.connect_options())
         js = nc.jetstream()
         env = runner_env(nats_server, weed, root / "data", args.database_url)
-        rows: list[tuple[str, str, str]] = []
+        rows = Rows()
 
         await upload_small_files(weed, args.files)
         bare = await bare_loop(js, weed, args.files)
