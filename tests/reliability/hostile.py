@@ -56,9 +56,10 @@ def raw_deflate_repeated(byte: bytes, total: int, block: int = REPEAT_BLOCK) -> 
 # -- PDF -------------------------------------------------------------------------------------
 
 
-def pdf_document(objects: list[bytes]) -> bytes:
+def pdf_document(objects: list[bytes], trailer: bytes = b"") -> bytes:
     """A PDF whose objects are ``objects`` (numbered from 1; object 1 is the catalog), with a
-    correct cross-reference table, so that PDFium reads it without repairing anything."""
+    correct cross-reference table, so that PDFium reads it without repairing anything.
+    ``trailer`` adds entries to the trailer dictionary (``/Info 4 0 R``)."""
     out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
     for number, body in enumerate(objects, 1):
@@ -68,8 +69,9 @@ def pdf_document(objects: list[bytes]) -> bytes:
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     for offset in offsets:
         out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+    out += b"trailer\n<< /Size %d /Root 1 0 R %s >>\nstartxref\n%d\n%%%%EOF\n" % (
         len(objects) + 1,
+        trailer,
         xref,
     )
     return bytes(out)

@@ -371,3 +371,35 @@ def test_regression_nul_in_an_email_is_dropped_with_a_warning(tmp_path: Path) ->
     assert "\x00" not in text and "Revenue grew." in text and "Subject: Quarterly" in text
     assert context.metadata["subject"] == "Quarterly"
     assert any("NUL character(s) dropped" in w for w in context.warnings)
+
+
+def test_regression_malformed_utf16_in_the_pdf_info_dictionary_costs_only_that_value(
+    tmp_path: Path,
+) -> None:
+    """Seed 2, pdf mutant 573: a spliced info dictionary held UTF-16 with an unpaired
+    surrogate, and pypdfium2's ``get_metadata_dict`` raised ``UnicodeDecodeError``."""
+    from p8fs.providers import ExtractContext
+    from p8fs_node.pdf import PdfProvider
+    from tests.reliability import hostile
+
+    content = b"BT /F1 12 Tf 72 712 Td (" + hostile.PAGE_TEXT + b") Tj ET"
+    pdf = hostile.pdf_document(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+            b"/Resources << /Font << /F1 5 0 R >> >> >>",
+            hostile.pdf_stream(content),
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+            # "A", an unpaired high surrogate, "B"; and a well-formed author.
+            b"<< /Title <FEFF0041D8000042> /Author (Ada) >>",
+        ],
+        trailer=b"/Info 6 0 R",
+    )
+    path = tmp_path / "bad-title.pdf"
+    path.write_bytes(pdf)
+    context = ExtractContext(filename=path.name, options={"ocr": False})
+    sections = list(PdfProvider().extract(path, context))
+    assert [s.text.strip() for s in sections] == [hostile.PAGE_TEXT.decode()]
+    assert context.metadata["author"] == "Ada"
+    assert context.metadata["title"].startswith("A") and context.metadata["title"].endswith("B")

@@ -591,10 +591,12 @@ def _document_metadata(doc: pypdfium2.PdfDocument, metadata: dict[str, Any]) -> 
     version = doc.get_version()
     if version:
         metadata["pdf_version"] = f"{version // 10}.{version % 10}"
-    for key, value in doc.get_metadata_dict(skip_empty=True).items():
-        target = _METADATA_KEYS.get(key)
+    # Key by key rather than ``doc.get_metadata_dict()``, which decodes strictly: one malformed
+    # UTF-16 string in the info dictionary (an unpaired surrogate) would cost the document.
+    for key, target in _METADATA_KEYS.items():
+        value = _wide_string(pdfium_c.FPDF_GetMetaText, doc, key.encode("ascii"))
         value = value.strip().translate(_DROPPED)
-        if target and value:
+        if value:
             metadata[target] = _pdf_date(value) if target in ("created", "modified") else value
 
 
