@@ -324,6 +324,16 @@ def test_mp3_claiming_days_is_refused_before_decoding(
     assert_refused(outcome, "declares", "max_duration_seconds")
 
 
+def test_claimed_days_are_refused_before_any_model_is_loaded(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The refusal costs nothing: a model that is not there is never looked for."""
+    path = tmp_path / "days.mp3"
+    path.write_bytes(hostile.mp3_claiming_frames(0xFFFFFF))
+    outcome = run(sandbox, "audio", path, whisper_model=str(tmp_path / "no-such-model"))
+    assert_refused(outcome, "declares", "P8FS_MAX_DURATION_SECONDS")
+
+
 def test_declared_duration_limit_both_sides(
     sandbox: Sandbox, tmp_path: Path, whisper_dir: Path
 ) -> None:
@@ -348,7 +358,7 @@ def test_audio_longer_than_declared_is_stopped_while_decoding(
     model = str(whisper_dir)
     assert run(sandbox, "audio", path, whisper_model=model, max_duration_seconds=60).kind == "ok"
     outcome = run(sandbox, "audio", path, whisper_model=model, max_duration_seconds=10)
-    assert_refused(outcome, "runs longer", "max_duration_seconds")
+    assert_refused(outcome, "runs longer", "max_duration_seconds", "P8FS_MAX_DURATION_SECONDS")
 
 
 def test_wav_claiming_a_huge_data_chunk_costs_only_its_real_samples(

@@ -30,7 +30,7 @@ from tests.reliability.mutate import mutant
 from tests.reliability.sandbox import Outcome, Request, Sandbox
 
 SEED = int(os.environ.get("P8FS_FUZZ_SEED", "20261128"))
-EXAMPLES = int(os.environ.get("P8FS_FUZZ_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("P8FS_FUZZ_EXAMPLES", "60"))
 MiB = 1024**2
 #: Extra peak memory one extraction of a small mutated file may take. The originals take
 #: 0–60 MiB here (a Whisper window, unstructured's parse); a mutant that makes a parser

@@ -101,7 +101,7 @@ def iter_windows(
         if stats.decoded_samples > max_samples:
             raise LimitExceeded(
                 f"the audio runs longer than the {max_samples / SAMPLE_RATE:.0f} s limit "
-                "(option max_duration_seconds)",
+                "(option max_duration_seconds, setting P8FS_MAX_DURATION_SECONDS)",
                 limit_seconds=max_samples / SAMPLE_RATE,
             )
         while pending_samples >= window_samples:
@@ -222,7 +222,8 @@ def check_declared_duration(container: InputContainer, context: ExtractContext) 
     if declared is not None and declared > limit:
         raise LimitExceeded(
             f"{context.uri or context.filename or 'the file'} declares {declared:.0f} s of "
-            f"media, more than the {limit:.0f} s limit (option max_duration_seconds)",
+            f"media, more than the {limit:.0f} s limit (option max_duration_seconds, setting "
+            "P8FS_MAX_DURATION_SECONDS)",
             declared_seconds=declared,
             limit_seconds=limit,
         )
@@ -391,7 +392,6 @@ class AudioProvider(ContentProvider):
 
     def extract(self, source: Source, context: ExtractContext) -> Iterator[Section]:
         self.ensure_available()
-        model = whisper_model_for(context)
         container = open_container(source)
         try:
             context.metadata.update(media_facts(container))
@@ -399,7 +399,9 @@ class AudioProvider(ContentProvider):
             if stream is None:
                 context.warn("the file holds no audio stream: nothing to transcribe")
                 return
+            # Before the model: refusing a file that claims days must not cost a model load.
             limit = check_declared_duration(container, context)
+            model = whisper_model_for(context)
             turns = sidecar_turns(source, context)
             yield from transcribe_audio(container, stream, context, model, limit, turns)
         finally:
