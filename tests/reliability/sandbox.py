@@ -172,12 +172,22 @@ def _database_safe(text: str) -> str | None:
     return None
 
 
+def _provider(registry: Any, name: str) -> Any:
+    """A registered provider by name, or ``"module:Class"`` (the harness's own tests use it)."""
+    if ":" not in name:
+        return registry.provider_instance(name)
+    import importlib
+
+    module, _, attribute = name.partition(":")
+    return getattr(importlib.import_module(module), attribute)()
+
+
 def extract(registry: Any, request: Request) -> Outcome:
     """Run one extraction to the end, checking what a database would make of its output."""
     from p8fs.errors import P8fsError
     from p8fs.providers import ExtractContext
 
-    provider = registry.provider_instance(request.provider)
+    provider = _provider(registry, request.provider)
     context = ExtractContext(
         uri=request.filename,
         filename=request.filename,

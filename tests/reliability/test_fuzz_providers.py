@@ -403,3 +403,57 @@ def test_regression_malformed_utf16_in_the_pdf_info_dictionary_costs_only_that_v
     assert [s.text.strip() for s in sections] == [hostile.PAGE_TEXT.decode()]
     assert context.metadata["author"] == "Ada"
     assert context.metadata["title"].startswith("A") and context.metadata["title"].endswith("B")
+
+
+# -- the harness itself: a hang, a crash, a memory hog and a stray exception are all caught --------
+
+
+class _Sleeper:
+    """Blocks like a native call that never returns (no deadline check can reach it)."""
+
+    def extract(self, source: Any, context: Any) -> Any:
+        import time
+
+        time.sleep(3600)
+        yield from ()
+
+
+class _Crasher:
+    def extract(self, source: Any, context: Any) -> Any:
+        os.abort()
+        yield from ()
+
+
+class _Hog:
+    def extract(self, source: Any, context: Any) -> Any:
+        hog = bytearray(MEMORY_BOUND + 64 * MiB)
+        hog[::4096] = b"x" * len(hog[::4096])  # touch every page: resident, not just reserved
+        yield from ()
+
+
+class _Raiser:
+    def extract(self, source: Any, context: Any) -> Any:
+        raise KeyError("a bug, not a typed error")
+        yield from ()
+
+
+def test_the_sandbox_reports_hangs_crashes_hogs_and_untyped_errors(tmp_path: Path) -> None:
+    path = tmp_path / "any.bin"
+    path.write_bytes(b"x")
+    target = Target("any", ())
+
+    def run(box: Sandbox, cls: str) -> Outcome:
+        return box.run(Request(f"{__name__}:{cls}", str(path), path.name))
+
+    with Sandbox(hang_seconds=5) as box:
+        hang = run(box, "_Sleeper")
+        assert hang.kind == "hang" and _check(hang, target)
+        died = run(box, "_Crasher")
+        assert died.kind == "died" and _check(died, target)
+        hog = run(box, "_Hog")
+        assert hog.kind == "ok" and hog.peak_bytes > MEMORY_BOUND and _check(hog, target)
+        raised = run(box, "_Raiser")
+        assert raised.kind == "untyped" and raised.error == "KeyError" and _check(raised, target)
+        # Replaced children keep serving: a real provider still works afterwards.
+        assert box.run(Request("text", str(path), "any.txt")).kind == "ok"
+        assert box.restarts == 2
