@@ -125,12 +125,14 @@ def _with_signals(
 
 def run_worker(tier: str, *, grace: float, metrics_port: int | None, embed: bool = True) -> None:
     """``p8fs-run --tier T`` and ``p8fs-run worker --tier T``."""
-    from p8fs_runner.tiers import queue
-
-    spec = queue(tier)
     with _services(embed) as settings:
+        from p8fs.errors import ConfigurationError
         from p8fs_runner.runtime import serve_worker
 
+        try:
+            spec = settings.queue(tier)
+        except ConfigurationError as exc:
+            raise RunnerCliError(str(exc), EXIT_SERVICES) from exc
         stats = _run(
             _with_signals(
                 lambda stop: serve_worker(
@@ -224,12 +226,17 @@ def router(worker_id: str | None, setup_only: bool, metrics_port: int | None) ->
     if worker_id:
         logging.getLogger("p8fs_runner").info("router replica %s", worker_id)
     with _services(embed=True) as settings:
+        from p8fs.errors import ConfigurationError
         from p8fs_runner.runtime import serve_router
 
+        try:
+            queues = settings.queues()
+        except ConfigurationError as exc:
+            raise RunnerCliError(str(exc), EXIT_SERVICES) from exc
         run = _run(
             _with_signals(
                 lambda stop: serve_router(
-                    settings, stop, setup_only=setup_only, metrics_port=metrics_port
+                    settings, stop, queues=queues, setup_only=setup_only, metrics_port=metrics_port
                 )
             )
         )

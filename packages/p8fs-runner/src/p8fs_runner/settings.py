@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr
 
 from p8fs.errors import ConfigurationError
 from p8fs.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from p8fs_runner.tiers import QueueSpec
 
 #: Where a developer's NATS server and SeaweedFS S3 gateway answer when nothing is configured.
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -44,6 +47,12 @@ class RunnerSettings(Settings):
     metrics_port: int = Field(
         9090, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz (0 = off)."
     )
+    tier_overrides: dict[str, dict[str, Any]] = Field(
+        {},
+        description="JSON: consumer settings replacing the queue table's, per queue, e.g. "
+        '{"small": {"backoff": [2, 4, 8], "max_deliver": 10}} (backoff, max_deliver, '
+        "max_ack_pending, batch, concurrency). Give the router and every worker the same value.",
+    )
     embed_services: Literal["auto", "never"] = Field(
         "auto",
         description="auto: start nats-server and weed mini when nothing is configured or "
@@ -68,6 +77,22 @@ class RunnerSettings(Settings):
         description="Seconds replayed before the checkpoint on restart; duplicates are dropped "
         "by message id, so a margin costs nothing and covers clock skew.",
     )
+
+    def queues(self) -> tuple[QueueSpec, ...]:
+        """Every queue of the tier table with ``tier_overrides`` applied (router's first)."""
+        from p8fs_runner import tiers
+
+        try:
+            return tiers.apply_overrides(tiers.ALL_QUEUES, self.tier_overrides)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"P8FS_TIER_OVERRIDES: {exc}") from exc
+
+    def queue(self, name: str) -> QueueSpec:
+        """The worker queue ``name`` (small, medium, large, test) with its overrides."""
+        from p8fs_runner import tiers
+
+        tiers.queue(name)  # a clear error for a wrong name
+        return next(q for q in self.queues() if q.name == name)
 
     def resolved_nats_url(self) -> str:
         return self.nats_url or DEFAULT_NATS_URL

@@ -16,8 +16,9 @@ entry is the shortest ack wait and the heartbeat interval is derived from it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 MiB = 1024**2
 GiB = 1024**3
@@ -209,6 +210,39 @@ def tier_for_size(size: int) -> QueueSpec:
         if tier.accepts(max(size, 0)):
             return tier
     raise AssertionError("the tier table does not cover every size")  # pragma: no cover
+
+
+#: Consumer settings ``P8FS_TIER_OVERRIDES`` may change. Names, subjects and size bounds are the
+#: contract between the router and the workers, so they are not among them.
+OVERRIDABLE: tuple[str, ...] = ("backoff", "max_deliver", "max_ack_pending", "batch", "concurrency")
+
+
+def apply_overrides(
+    queues: tuple[QueueSpec, ...], overrides: Mapping[str, Mapping[str, Any]]
+) -> tuple[QueueSpec, ...]:
+    """``queues`` with per-queue settings replaced, e.g. ``{"small": {"backoff": [2, 4]}}``.
+
+    Why: the table's waits are sized for production (a 60 s ack wait on small files); a test
+    that kills workers, or an operator with unusual files, needs others, and the router (which
+    creates the consumers) and every worker (which heartbeats and naks by the same numbers) must
+    agree, so both read them from one setting. Raises ``ValueError`` naming the bad entry.
+    """
+    known = {q.name: q for q in queues}
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ValueError(f"unknown queue(s) {unknown}: expected some of {sorted(known)}")
+    out = []
+    for spec in queues:
+        changes = dict(overrides.get(spec.name) or {})
+        bad = sorted(set(changes) - set(OVERRIDABLE))
+        if bad:
+            raise ValueError(
+                f"queue {spec.name}: {bad} cannot be overridden (only {', '.join(OVERRIDABLE)})"
+            )
+        if "backoff" in changes:
+            changes["backoff"] = tuple(float(b) for b in changes["backoff"])
+        out.append(spec.with_overrides(**changes) if changes else spec)
+    return tuple(out)
 
 
 def queue(name: str) -> QueueSpec:
