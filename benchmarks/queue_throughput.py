@@ -189,8 +189,15 @@ async def wait_acked(js: Any, spec: tiers.QueueSpec, n: int, limit: float) -> No
 
 async def end_to_end(js: Any, env: dict[str, str], n: int, logs: Path) -> float:
     router = spawn(["router"], env, logs / "router.log")
-    worker = spawn(["worker", "--tier", "small"], env, logs / "worker.log")
+    worker: subprocess.Popen[bytes] | None = None
     try:
+        for _ in range(300):  # a worker started before the router exits: "run the router first"
+            try:
+                await js.consumer_info(tiers.SMALL.stream, tiers.SMALL.durable)
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        worker = spawn(["worker", "--tier", "small"], env, logs / "worker.log")
         for _ in range(300):  # both bound: the router's topology exists, the worker is pulling
             try:
                 info = await js.consumer_info(tiers.SMALL.stream, tiers.SMALL.durable)
@@ -206,7 +213,8 @@ async def end_to_end(js: Any, env: dict[str, str], n: int, logs: Path) -> float:
         await wait_acked(js, tiers.SMALL, n, limit=max(600.0, n * 0.5))
         return n / (time.perf_counter() - started)
     finally:
-        stop(worker)
+        if worker is not None:
+            stop(worker)
         stop(router)
 
 
