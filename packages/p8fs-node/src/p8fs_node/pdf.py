@@ -166,15 +166,13 @@ class PdfProvider(ContentProvider):
             pdfium_input, layout_input = _prepare_input(source, stack, name)
             # Before PDFium sees the file: it inflates a page's content streams whole, in one
             # call nothing can interrupt (a 2 MB file can hold a 2 GB stream).
+            max_bytes = int(options.get("max_uncompressed_bytes") or DEFAULT_MAX_UNCOMPRESSED_BYTES)
+            max_ratio = int(options.get("max_compression_ratio") or DEFAULT_MAX_COMPRESSION_RATIO)
             check_stream_expansion(
                 layout_input,
                 name,
-                max_bytes=int(
-                    options.get("max_uncompressed_bytes") or DEFAULT_MAX_UNCOMPRESSED_BYTES
-                ),
-                max_ratio=int(
-                    options.get("max_compression_ratio") or DEFAULT_MAX_COMPRESSION_RATIO
-                ),
+                max_bytes=max_bytes,
+                max_ratio=max_ratio,
                 deadline=context.deadline,
             )
             deadline = context.deadline
@@ -184,6 +182,16 @@ class PdfProvider(ContentProvider):
                 page_count = len(doc)
                 _document_metadata(doc, context.metadata)
                 has_form = _init_forms(doc)
+            if context.metadata.get("encrypted"):
+                # Encrypted stream data is not zlib until decrypted: check it again, decrypted.
+                check_stream_expansion(
+                    layout_input,
+                    name,
+                    max_bytes=max_bytes,
+                    max_ratio=max_ratio,
+                    deadline=deadline,
+                    password=password or "",
+                )
             context.metadata["pages"] = page_count
             context.metadata["engine"] = "pdfminer.six" if layout else "pypdfium2"
             if page_count > max_pages:
@@ -245,7 +253,7 @@ class PdfProvider(ContentProvider):
 
 
 #: ``stream`` keyword and its end of line, where a PDF stream's data begins (not ``endstream``).
-_STREAM_START = re.compile(rb"(?<!end)stream(?:\r\n|\n|\r)")
+_STREAM_START = re.compile(rb"stream(?:\r\n|\n|\r)")
 _SCAN_BLOCK = 1024**2
 #: How far before a stream its dictionary is looked for (to tell images apart).
 _DICT_LOOKBACK = 4096
@@ -260,6 +268,7 @@ def check_stream_expansion(
     max_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES,
     max_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO,
     deadline: float | None = None,
+    password: str | None = None,
 ) -> int:
     """Refuse a PDF whose Flate streams inflate beyond the limits; return their inflated size.
 
@@ -272,6 +281,11 @@ def check_stream_expansion(
     them together pass ``max_bytes``. Image streams are skipped: text extraction never decodes
     them (OCR renders at a bounded size). Streams that are not zlib data (JPEG, JBIG2, encrypted
     ones) cost one failed header check each.
+
+    With ``password`` (``""`` for the empty user password) the document is taken as encrypted:
+    each stream's first :data:`_DECRYPT_PREFIX` bytes are decrypted (pdfminer.six's security
+    handlers: RC4, AES-128, AES-256) and inflated instead, which is enough to see a bomb's
+    ratio; the total is then a lower bound.
     """
     with ExitStack() as stack:
         stream: BinaryIO = (
@@ -279,20 +293,46 @@ def check_stream_expansion(
         )
         start = stream.tell()
         try:
-            return _scan_streams(stream, name, max_bytes, max_ratio, deadline)
+            decipher = None if password is None else _decipher(stream, password)
+            if password is not None and decipher is None:
+                return 0  # pdfminer cannot decrypt it: PDFium's own open decides
+            return _scan_streams(stream, name, max_bytes, max_ratio, deadline, decipher)
         finally:
             stream.seek(start)
 
 
+#: Bytes of each encrypted stream decrypted for the check: a bomb passes the ratio limit within
+#: its first ~16 kB, and pdfminer.six's RC4 is pure Python (~1 MB/s), so more would only cost.
+_DECRYPT_PREFIX = 64 * 1024
+_OBJECT_HEADER = re.compile(rb"(\d+)\s+(\d+)\s+obj\b")
+
+
+def _decipher(stream: BinaryIO, password: str) -> Any:
+    """pdfminer.six's ``decipher(objid, genno, data)`` for this document, or None."""
+    from pdfminer.pdfdocument import PDFDocument
+    from pdfminer.pdfparser import PDFParser
+
+    stream.seek(0)
+    try:
+        return PDFDocument(PDFParser(stream), password=password).decipher
+    except Exception:  # damaged, unsupported handler, wrong password: PDFium reports those
+        return None
+
+
 def _scan_streams(
-    stream: BinaryIO, name: str, max_bytes: int, max_ratio: int, deadline: float | None
+    stream: BinaryIO,
+    name: str,
+    max_bytes: int,
+    max_ratio: int,
+    deadline: float | None,
+    decipher: Any = None,
 ) -> int:
     total = 0
     position = 0  # where the search for the next ``stream`` keyword resumes
     window_start, window = 0, b""
     while True:
         offset = position - window_start
-        match = _STREAM_START.search(window, offset) if 0 <= offset < len(window) else None
+        match = _stream_start(window, offset) if 0 <= offset < len(window) else None
         if match is None:
             # Read the next block, keeping the last bytes of this one: a keyword split between
             # two blocks, and the dictionary before a stream, are still found.
@@ -302,27 +342,77 @@ def _scan_streams(
             window = stream.read(_SCAN_BLOCK)
             if len(window) <= position - window_start:
                 return total
-            match = _STREAM_START.search(window, position - window_start)
+            match = _stream_start(window, position - window_start)
             if match is None:
                 position = window_start + max(len(window) - 16, position - window_start + 1)
                 if len(window) < _SCAN_BLOCK:
                     return total
                 continue
         data_start = window_start + match.end()
-        if _is_image_stream(window[max(0, match.start() - _DICT_LOOKBACK) : match.start()]):
+        before = window[max(0, match.start() - _DICT_LOOKBACK) : match.start()]
+        if _is_image_stream(before):
             position = data_start
             continue
-        consumed, inflated = _inflated_size(
-            stream, data_start, name, max_ratio, max_bytes - total, deadline
-        )
+        if decipher is not None:
+            consumed, inflated = _inflated_encrypted_size(
+                stream, data_start, before, decipher, name, max_ratio, max_bytes - total, deadline
+            )
+        else:
+            consumed, inflated = _inflated_size(
+                stream, data_start, name, max_ratio, max_bytes - total, deadline
+            )
         total += inflated
         position = data_start + max(consumed, 1)
+
+
+def _stream_start(window: bytes, offset: int) -> re.Match[bytes] | None:
+    """The next ``stream`` keyword that is not the end of an ``endstream``.
+
+    (A literal-first pattern with the check done here: a look-behind at the start of the
+    pattern would make the regex engine try every position, 3x slower.)
+    """
+    while True:
+        match = _STREAM_START.search(window, offset)
+        if match is None or window[max(0, match.start() - 3) : match.start()] != b"end":
+            return match
+        offset = match.end()
 
 
 def _is_image_stream(before: bytes) -> bool:
     """Whether the dictionary just before a ``stream`` keyword says ``/Subtype /Image``."""
     header = before[before.rfind(b" obj") + 1 :]
     return re.search(rb"/Subtype\s*/Image\b", header) is not None
+
+
+def _inflated_encrypted_size(
+    stream: BinaryIO,
+    start: int,
+    before: bytes,
+    decipher: Any,
+    name: str,
+    max_ratio: int,
+    budget: int,
+    deadline: float | None,
+) -> tuple[int, int]:
+    """Like :func:`_inflated_size` for an encrypted stream: its object number (from the
+    ``N G obj`` header before it) selects the key; a prefix of its data is decrypted."""
+    headers = list(_OBJECT_HEADER.finditer(before))
+    if not headers:
+        return 0, 0
+    objid, genno = int(headers[-1].group(1)), int(headers[-1].group(2))
+    stream.seek(start)
+    raw = stream.read(_DECRYPT_PREFIX)
+    end = raw.find(b"endstream")
+    if end >= 0:
+        raw = raw[:end].rstrip(b"\r\n")
+    else:
+        raw = raw[: len(raw) - len(raw) % 16]  # whole AES blocks (harmless for RC4)
+    try:
+        plain = decipher(objid, genno, raw)
+    except Exception:  # not really a stream of that object, or damaged: nothing to measure
+        return len(raw), 0
+    _, inflated = _inflated_size(io.BytesIO(plain), 0, name, max_ratio, budget, deadline)
+    return len(raw), inflated
 
 
 def _inflated_size(
@@ -355,7 +445,7 @@ def _inflated_size(
 
 #: Compressed bytes read at a time, and most bytes one inflate step may produce: together they
 #: bound the check's memory whatever the ratio.
-_INFLATE_READ = 16 * 1024
+_INFLATE_READ = 64 * 1024
 _INFLATE_STEP = 1024**2
 
 
