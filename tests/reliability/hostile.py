@@ -10,6 +10,7 @@ compressing their inflated size: one compressed block of a repeated byte is reus
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zipfile
 import zlib
@@ -274,3 +275,35 @@ def zip_with_bomb(
         "<IHHHHIIH", 0x06054B50, 0, 0, entries + 1, entries + 1, len(new_central), len(body), 0
     )
     return body + new_central + end_record
+
+
+# -- XML entity expansion ("billion laughs") ---------------------------------------------------
+
+
+def billion_laughs_dtd(root: bytes, levels: int = 9) -> bytes:
+    """A DOCTYPE for ``root`` whose entity ``&lol9;`` expands to 3 * 10**9 bytes."""
+    entities = [b' <!ENTITY lol0 "lol">']
+    for level in range(1, levels + 1):
+        entities.append(b' <!ENTITY lol%d "%s">' % (level, b"&lol%d;" % (level - 1) * 10))
+    return b"<!DOCTYPE " + root + b" [\n" + b"\n".join(entities) + b"\n]>\n"
+
+
+def zip_with_laughs(template: Path, member: str, root: bytes, text_element: bytes) -> bytes:
+    """``template`` with a billion-laughs DTD put into ``member`` (an XML part whose root
+    element is ``root``) and ``&lol9;`` referenced inside its first ``text_element``."""
+    out = io.BytesIO()
+    with (
+        zipfile.ZipFile(template) as source,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target,
+    ):
+        for info in source.infolist():
+            body = source.read(info)
+            if info.filename == member:
+                at = body.index(b"<" + root)
+                body = body[:at] + billion_laughs_dtd(root) + body[at:]
+                opening = re.compile(rb"(<" + re.escape(text_element) + rb"(?:\s[^>]*)?>)")
+                body, count = opening.subn(rb"\1&lol9;", body, count=1)
+                if not count:
+                    raise ValueError(f"no <{text_element.decode()}> in {member}")
+            target.writestr(info, body)
+    return out.getvalue()

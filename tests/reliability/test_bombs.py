@@ -301,6 +301,30 @@ def test_office_limits_both_sides(tmp_path: Path) -> None:
     assert list(OfficeProvider().extract(bomb, context))
 
 
+@pytest.mark.parametrize(
+    ("template", "member", "root", "element"),
+    [
+        ("docs/unst_handbook-1p.docx", "word/document.xml", b"w:document", b"w:t"),
+        (
+            "docs/unst_winter-sports.epub",
+            "OEBPS/9010142969167985858_60153-h-0.htm.html",
+            b"html",
+            b"p",
+        ),
+    ],
+    ids=["docx", "epub"],
+)
+def test_xml_entity_expansion_is_refused_while_reading_the_container(
+    sandbox: Sandbox, tmp_path: Path, template: str, member: str, root: bytes, element: bytes
+) -> None:
+    """A billion laughs (3 GB from 1 kB of DTD). Unchecked, libxml2 stops it after ~150 MB and
+    5 s (python-docx); pandoc (EPUB, OpenDocument) runs in a process of its own."""
+    path = tmp_path / f"laughs{Path(template).suffix}"
+    path.write_bytes(hostile.zip_with_laughs(corpus_path(template), member, root, element))
+    outcome = run(sandbox, "office", path)
+    assert_refused(outcome, "<!ENTITY", member)
+
+
 # -- images ------------------------------------------------------------------------------------
 
 

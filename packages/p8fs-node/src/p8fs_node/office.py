@@ -404,7 +404,8 @@ def _verify_member(
     fmt: OfficeFormat,
     context: ExtractContext,
 ) -> None:
-    """Inflate ``info`` in bounded reads to prove it holds what its header declares.
+    """Inflate ``info`` in bounded reads to prove it holds what its header declares, and
+    refuse XML that declares entities.
 
     The size checks above trust the headers, and a bomb can lie in them: declare 5 kB for a
     member that inflates to gigabytes. ``zipfile`` never returns more than the declared size,
@@ -412,12 +413,29 @@ def _verify_member(
     the compressed data in one call before cutting it to size, so a lying member costs its
     true size in memory. Reading here in 1 MiB steps stops at the declared size, where the
     CRC no longer matches: the lie is refused, having cost one step of memory.
+
+    Entity declarations (``<!ENTITY``) are how an XML "billion laughs" bomb expands a few
+    hundred bytes exponentially. No office document needs them (OPC forbids DTDs outright);
+    libxml2 stops the expansion after ~150 MB and seconds of work, and pandoc (which reads
+    EPUB and OpenDocument) is a separate program whose memory nothing here would bound; so a
+    member declaring entities is refused while it is being read anyway.
     """
-    if info.compress_type == zipfile.ZIP_STORED or info.is_dir():
+    xml = info.filename.lower().endswith(_XML_MEMBER_SUFFIXES)
+    if info.is_dir() or (info.compress_type == zipfile.ZIP_STORED and not xml):
         return
+    tail = b""
     try:
         with archive.open(info) as member:
-            while member.read(_VERIFY_READ):
+            while block := member.read(_VERIFY_READ):
+                if xml and _ENTITY_DECLARATION in tail + block:
+                    raise LimitExceeded(
+                        f"{name}: member {info.filename!r} of the {fmt.label} container declares "
+                        "XML entities (<!ENTITY), which no such document needs and which can "
+                        "expand exponentially (a 'billion laughs' bomb): refused",
+                        limit="xml_entities",
+                        member=info.filename,
+                    )
+                tail = block[-len(_ENTITY_DECLARATION) :]
                 context.check_deadline()
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
         raise CorruptDocument(
@@ -426,6 +444,10 @@ def _verify_member(
             "decompression bomb hiding its size",
             member=info.filename,
         ) from exc
+
+
+_ENTITY_DECLARATION = b"<!ENTITY"
+_XML_MEMBER_SUFFIXES = (".xml", ".rels", ".html", ".htm", ".xhtml", ".opf", ".ncx", ".svg")
 
 
 def _odf_encrypted(archive: zipfile.ZipFile, names: set[str]) -> bool:
