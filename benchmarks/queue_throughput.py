@@ -246,8 +246,7 @@ async def peak_memory(
 
     key = f"big/{mib}MiB.txt"
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **weed.storage_options())
-    block = LINE * (1 << 20 // len(LINE))
-    block = (block * 2)[: 1 << 20]
+    block = (LINE * ((1 << 20) // len(LINE) + 1))[: 1 << 20]
     with fs.open(f"{BUCKET}/{key}", "wb", block_size=64 << 20) as out:
         for _ in range(mib):
             out.write(block)
@@ -267,6 +266,9 @@ async def peak_memory(
             if worker.poll() is not None:
                 raise RuntimeError(f"the {tier} worker exited ({worker.returncode}); see {logs}")
             await asyncio.sleep(0.5)
+        size = fs.info(f"{BUCKET}/{key}")["size"]
+        if size != mib << 20:
+            raise RuntimeError(f"uploaded {size} bytes instead of {mib} MiB")
         return max(peak, peak_rss_mb(worker.pid))
     finally:
         stop(worker)
