@@ -457,3 +457,59 @@ def test_the_sandbox_reports_hangs_crashes_hogs_and_untyped_errors(tmp_path: Pat
         # Replaced children keep serving: a real provider still works afterwards.
         assert box.run(Request("text", str(path), "any.txt")).kind == "ok"
         assert box.restarts == 2
+
+
+@pytest.mark.parametrize("width", [b"-2147483648.84", b"-2147483648"], ids=["zero", "2**31"])
+def test_regression_a_page_of_hostile_width_is_not_rendered_for_ocr(
+    tmp_path: Path, width: bytes
+) -> None:
+    """Seed 3, pdf-layout-ocr mutant 075: ``/MediaBox [0 0 -2147483648.84 3.84]`` gave a page
+    of width 0 that draws something but has no text, so OCR tried to render it and pypdfium2
+    raised ``ValueError: Crop exceeds page dimensions``. Its neighbour ``-2147483648`` makes
+    the page 2**31 points wide: rendered, a strip tesseract refuses, which failed the whole
+    document."""
+    from p8fs.providers import ExtractContext
+    from p8fs_node.ocr import ocr_unavailable_reason
+    from p8fs_node.pdf import PdfProvider
+    from tests.reliability import hostile
+
+    if ocr_unavailable_reason():
+        pytest.skip(f"the OCR path is what this covers: {ocr_unavailable_reason()}")
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %s 3.84] /Contents 4 0 R >>" % width
+    pdf = hostile.pdf_document(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            page,
+            hostile.pdf_stream(b"0 0 1 1 re f"),  # draws, but no text
+        ]
+    )
+    path = tmp_path / "no-width.pdf"
+    path.write_bytes(pdf)
+    context = ExtractContext(filename=path.name)
+    assert list(PdfProvider().extract(path, context)) == []
+    assert context.metadata["pages_without_text"] == [1]
+
+
+def test_regression_audio_stream_without_a_decoder_is_corrupt_document(
+    tmp_path: Path, whisper_dir: Path
+) -> None:
+    """Seed 3, audio mutant 000: a WAV header declaring 4112 bits per sample leaves PyAV's
+    stream without a codec context, and ``media_facts`` raised ``AttributeError``."""
+    import struct
+
+    from p8fs.errors import CorruptDocument
+    from p8fs.providers import ExtractContext
+    from p8fs_node.audio import AudioProvider
+    from p8fs_node.video import VideoProvider
+
+    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 4112)
+    samples = bytes(32000)
+    wav = b"RIFF" + struct.pack("<I", 36 + len(samples)) + b"WAVEfmt " + struct.pack("<I", 16)
+    wav += fmt + b"data" + struct.pack("<I", len(samples)) + samples
+    path = tmp_path / "no-decoder.wav"
+    path.write_bytes(wav)
+    for provider in (AudioProvider(), VideoProvider()):
+        context = ExtractContext(filename=path.name, options={"whisper_model": str(whisper_dir)})
+        with pytest.raises(CorruptDocument, match="cannot be decoded"):
+            list(provider.extract(path, context))

@@ -33,6 +33,7 @@ from p8fs_node.media import (
     iter_pcm,
     media_facts,
     open_container,
+    require_decoder,
 )
 
 if TYPE_CHECKING:
@@ -399,6 +400,7 @@ class AudioProvider(ContentProvider):
             if stream is None:
                 context.warn("the file holds no audio stream: nothing to transcribe")
                 return
+            require_decoder(stream, context)
             # Before the model: refusing a file that claims days must not cost a model load.
             limit = check_declared_duration(container, context)
             model = whisper_model_for(context)

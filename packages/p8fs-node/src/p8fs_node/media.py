@@ -74,6 +74,16 @@ def best_audio_stream(container: InputContainer) -> AudioStream | None:
     return next((stream for stream in streams if stream is best), streams[0])
 
 
+def require_decoder(stream: AudioStream, context: ExtractContext) -> None:
+    """Refuse an audio stream FFmpeg has no decoder for (a damaged header can declare, say,
+    4112 bits per sample): PyAV then gives it no codec context at all."""
+    if stream.codec_context is None:
+        raise CorruptDocument(
+            f"{context.uri or context.filename or 'the file'}: its audio stream cannot be decoded "
+            "(FFmpeg has no decoder for what its header declares: damaged or unsupported)"
+        )
+
+
 def media_facts(container: InputContainer) -> dict[str, Any]:
     """Document-level facts for ``files.metadata``: container, duration, codecs, resolution."""
     facts: dict[str, Any] = {
@@ -83,7 +93,7 @@ def media_facts(container: InputContainer) -> dict[str, Any]:
         "has_video": bool(container.streams.video),
     }
     audio = best_audio_stream(container)
-    if audio is not None:
+    if audio is not None and audio.codec_context is not None:
         ctx = audio.codec_context
         facts.update(
             audio_codec=ctx.name,

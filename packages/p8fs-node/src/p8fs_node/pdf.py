@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from p8fs.errors import (
+    ConfigurationError,
     CorruptDocument,
     DocumentTimeout,
     EmptyDocument,
@@ -78,6 +79,9 @@ DEFAULT_OCR_DPI = 300
 #: A rendered page never exceeds this many pixels (a poster-sized page is rendered coarser),
 #: so a hostile page size cannot exhaust memory.
 MAX_RENDER_PIXELS = 60_000_000
+#: ... nor this many pixels on a side (tesseract and Leptonica refuse wider images; a hostile
+#: box can make a page 2**31 points wide and 4 high).
+MAX_RENDER_SIDE = 32_767
 
 # PDFium's FPDF_GetLastError codes (fpdfview.h).
 _ERR_FILE, _ERR_FORMAT, _ERR_PASSWORD, _ERR_SECURITY = 2, 3, 4, 5
@@ -240,7 +244,16 @@ class PdfProvider(ContentProvider):
                 without_text.append(number)
                 if not has_content or not ocr.enabled:
                     continue
-                recognised = ocr.run(doc, index, context)
+                try:
+                    recognised = ocr.run(doc, index, context)
+                except (DocumentTimeout, ConfigurationError):  # the document's, not the page's
+                    raise
+                except Exception as exc:  # a page that cannot be rendered or recognised
+                    failed.append(number)
+                    context.metadata["pages_failed"] = failed
+                    if len(failed) <= MAX_PAGE_WARNINGS:
+                        context.warn(f"page {number} could not be rendered for OCR: {exc}")
+                    continue
                 if recognised:
                     ocr_pages.append(number)
                     yield Section(recognised, {"page": number, "kind": "page", "ocr": True})
@@ -889,10 +902,15 @@ class _OcrPolicy:
             page = doc[index]
             try:
                 width, height = page.get_size()
+                if not (width > 0 and height > 0):
+                    return ""  # a page box of no area (or a hostile one): nothing to see
                 scale = self.dpi / 72
                 pixels = width * height * scale * scale
                 if pixels > MAX_RENDER_PIXELS:
                     scale *= (MAX_RENDER_PIXELS / pixels) ** 0.5
+                scale = min(scale, MAX_RENDER_SIDE / max(width, height))
+                if min(width, height) * scale < 1:
+                    return ""  # a sliver thinner than a pixel: nothing to recognise
                 bitmap = page.render(scale=scale, grayscale=True)
                 image = bitmap.to_pil().copy()
                 bitmap.close()

@@ -19,7 +19,7 @@ from p8fs_node.audio import (
     transcribe_audio,
     whisper_model_for,
 )
-from p8fs_node.media import best_audio_stream, media_facts, open_container
+from p8fs_node.media import best_audio_stream, media_facts, open_container, require_decoder
 
 
 class VideoProvider(ContentProvider):
@@ -73,6 +73,7 @@ class VideoProvider(ContentProvider):
             stream = best_audio_stream(container)
             if stream is None:
                 return
+            require_decoder(stream, context)
             from p8fs_node.audio import AudioProvider
 
             AudioProvider().ensure_available()
