@@ -325,14 +325,15 @@ def dlq_list(limit: int, as_json: bool) -> None:
     for column in ("seq", "queue", "code", "deliveries", "failed at", "uri", "reason"):
         table.add_column(column)
     for letter in letters:
+        shown = letter.to_dict()  # secrets of the event masked
         table.add_row(
             str(letter.seq),
             letter.queue,
             letter.code,
             str(letter.deliveries),
             letter.failed_at[:19],
-            letter.uri,
-            letter.reason,
+            shown["uri"],
+            shown["reason"],
         )
     _console().print(table)
 

@@ -6,6 +6,10 @@ original payload is published *unchanged* to ``p8fs.storage.dlq.<queue>`` (strea
 ``P8FS_STORAGE_EVENTS_DLQ``) with the failure in headers, and only after the broker confirms it is
 the source message terminated. ``replay`` puts the original payload back where it came from and
 removes the dead letter, so nothing is ever lost between the two.
+
+An event may carry a secret of its sender (a document's ``password`` in its ``metadata``). The
+payload keeps it, since replay must restore the event exactly; everything *shown* of a dead
+letter (the reason header, ``to_dict``, ``dlq list``) masks it (:mod:`p8fs.redaction`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from nats.js.errors import NotFoundError
 
+from p8fs.redaction import mapping_secrets, redact_mapping, redact_text
 from p8fs_runner.tiers import DLQ_STREAM, DLQ_SUBJECT_PREFIX, EVENTS_SUBJECT, TEST
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,12 +69,42 @@ class DeadLetter:
     data: bytes
 
     def to_dict(self) -> dict[str, Any]:
+        """The letter as ``dlq list --json`` prints it: secrets in the event masked."""
         out = {k: getattr(self, k) for k in self.__slots__ if k != "data"}
         try:
-            out["event"] = json.loads(self.data)
+            event: Any = json.loads(self.data)
         except ValueError:
-            out["event"] = self.data.decode("utf-8", "replace")
+            event = self.data.decode("utf-8", "replace")
+        hidden = _event_secrets(self.data)
+        out["reason"] = redact_text(self.reason, hidden)
+        out["uri"] = redact_text(self.uri, hidden)
+        out["event"] = _redact_event(event, hidden)
         return out
+
+
+def _event_secrets(data: bytes) -> list[str]:
+    """Secret values an event payload carries (under ``metadata``/``extended`` secret keys)."""
+    try:
+        return mapping_secrets(json.loads(data))
+    except (ValueError, RecursionError):
+        return []
+
+
+def _redact_event(event: Any, hidden: list[str]) -> Any:
+    """An event with its user metadata's secrets masked. Only the metadata maps are masked by
+    key: elsewhere ``key`` is an object key, not a secret."""
+    if isinstance(event, dict):
+        return {
+            k: redact_mapping(v, hidden)
+            if k in ("metadata", "extended")
+            else _redact_event(v, hidden)
+            for k, v in event.items()
+        }
+    if isinstance(event, list):
+        return [_redact_event(item, hidden) for item in event]
+    if isinstance(event, str):
+        return redact_text(event, hidden)
+    return event
 
 
 async def publish_dead_letter(
@@ -87,6 +122,8 @@ async def publish_dead_letter(
 ) -> None:
     """Publish an event's original payload and the failure to the dead-letter stream, and wait
     for the broker's confirmation (the caller removes the source only after this returns)."""
+    hidden = _event_secrets(data)
+    reason, uri = redact_text(reason, hidden), redact_text(uri, hidden)
     headers = {
         H_QUEUE: spec.name,
         H_STREAM: source_stream,
