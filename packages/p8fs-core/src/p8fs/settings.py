@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -131,6 +131,14 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("P8FS_OPENAI_API_KEY", "OPENAI_API_KEY"),
         description="OpenAI (or compatible) API key (OPENAI_API_KEY).",
     )
+
+    def __repr_args__(self) -> Any:
+        """``repr``/``str`` show URL settings with their password masked (``SecretStr`` fields
+        mask themselves; ``P8FS_DATABASE_URL`` and ``P8FS_NATS_URL`` are plain strings)."""
+        from p8fs.redaction import redact_url
+
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if isinstance(value, str) and "://" in value else value
 
     def extraction_limits(self) -> dict[str, int | float]:
         """The safety limits as provider options (the pipeline passes them to every provider;
