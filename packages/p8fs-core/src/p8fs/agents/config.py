@@ -9,7 +9,7 @@ lives, and how much input one call may carry before the agent splits it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import Field
@@ -59,7 +59,7 @@ class LLMConfig:
 
     provider: Provider
     model: str
-    api_key: str | None
+    api_key: str | None = field(repr=False)  # never in a log line or a traceback
     base_url: str | None
     context_tokens: int
     max_output_tokens: int
