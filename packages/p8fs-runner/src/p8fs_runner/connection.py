@@ -57,6 +57,7 @@ async def connect_nats(
     wrong URL fails in seconds with the URL (redacted) in the message.
     """
     import asyncio
+    import contextlib
 
     import nats
 
@@ -70,17 +71,56 @@ async def connect_nats(
     async def reconnected() -> None:
         log.info("reconnected to NATS at %s", where)
 
+    loop = asyncio.get_running_loop()
+    refused: asyncio.Future[Exception] = loop.create_future()
+
     async def error(exc: Exception) -> None:
         log.debug("NATS error: %s", exc)
+        # Wrong credentials will not heal by retrying: stop the first connection's retry
+        # loop at once instead of letting it run into the deadline with a bare TimeoutError.
+        if not refused.done() and _is_auth_error(exc):
+            refused.set_result(exc)
 
     options.setdefault("name", name)
     options.setdefault("disconnected_cb", disconnected)
     options.setdefault("reconnected_cb", reconnected)
     options.setdefault("error_cb", error)
+    connecting = asyncio.ensure_future(nats.connect(**options))
     try:
-        return await asyncio.wait_for(nats.connect(**options), timeout=deadline)
+        done, _ = await asyncio.wait(
+            {connecting, refused}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED
+        )
+        if connecting in done:
+            return connecting.result()
+        if refused in done:
+            problem = f"the server refused our credentials ({refused.result()})"
+        else:
+            problem = f"no connection within {deadline:.0f} s"
+        raise NatsUnavailable(
+            f"cannot connect to NATS at {where} (P8FS_NATS_URL and P8FS_NATS_* credentials): "
+            f"{problem}"
+        )
+    except NatsUnavailable:
+        raise
     except Exception as exc:
         raise NatsUnavailable(
             f"cannot connect to NATS at {where} (P8FS_NATS_URL and P8FS_NATS_* credentials): "
             f"{type(exc).__name__}: {exc}"
         ) from exc
+    finally:
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    """nats-py reports a refused login as AuthorizationError or as a plain Error quoting the
+    server's ``-ERR 'Authorization Violation'`` (or an authentication/JWT failure)."""
+    from nats.errors import AuthorizationError
+
+    text = str(exc).lower()
+    return isinstance(exc, AuthorizationError) or any(
+        word in text
+        for word in ("authorization violation", "authentication", "user authentication")
+    )
