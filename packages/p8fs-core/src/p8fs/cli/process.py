@@ -96,7 +96,12 @@ def process(paths: tuple[str, ...], tenant_id: str, force: bool, jobs: int, pass
 
     files = collect_files(paths)
     started = time.monotonic()
-    outcomes = asyncio.run(_run(files, tenant_id, force, jobs, password))
+    from p8fs.errors import P8fsError
+
+    try:
+        outcomes = asyncio.run(_run(files, tenant_id, force, jobs, password))
+    except P8fsError as exc:  # the database itself failed: one clear line, not a traceback
+        raise click.ClickException(str(exc)) from exc
     elapsed = time.monotonic() - started
     console = Console()
     failed = [o for o in outcomes if o.error]
