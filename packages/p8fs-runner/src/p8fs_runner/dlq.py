@@ -83,11 +83,27 @@ class DeadLetter:
 
 
 def _event_secrets(data: bytes) -> list[str]:
-    """Secret values an event payload carries (under ``metadata``/``extended`` secret keys)."""
+    """Secret values an event payload carries under secret keys of its ``metadata`` (or a
+    filer entry's ``extended`` attributes); elsewhere ``key`` is an object key, not a secret."""
     try:
-        return mapping_secrets(json.loads(data))
+        event = json.loads(data)
     except (ValueError, RecursionError):
         return []
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("metadata", "extended"):
+                    found.extend(mapping_secrets(v))
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(event)
+    return found
 
 
 def _redact_event(event: Any, hidden: list[str]) -> Any:
