@@ -96,6 +96,8 @@ def _event_secrets(data: bytes) -> list[str]:
             for k, v in node.items():
                 if k in ("metadata", "extended"):
                     found.extend(mapping_secrets(v))
+                    if k == "extended":  # the filer keeps x-amz-meta-* values base64-encoded
+                        found.extend(_decoded(value) for value in mapping_secrets(v))
                 else:
                     walk(v)
         elif isinstance(node, list):
@@ -104,6 +106,16 @@ def _event_secrets(data: bytes) -> list[str]:
 
     walk(event)
     return found
+
+
+def _decoded(value: str) -> str:
+    import base64
+    import binascii
+
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return value
 
 
 def _redact_event(event: Any, hidden: list[str]) -> Any:
