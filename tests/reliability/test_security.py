@@ -586,7 +586,6 @@ def evidence(
 def test_the_run_failed_in_every_way(evidence: Evidence) -> None:
     """The scan below is only worth something if each secret was really used and refused."""
     facts = evidence.facts
-    print(json.dumps(facts["timing"], indent=1))
     # (Sets: under load a first delivery may be redelivered before its heartbeat goes out.)
     assert set(facts["permanent"]) == {"corrupt", "encrypted"}
     assert set(facts["wrong_s3"]) == {("transient", False), ("transient", True)}
@@ -647,3 +646,118 @@ def test_no_secret_in_cli_output(evidence: Evidence) -> None:
 
 def test_no_secret_in_exceptions_or_reprs(evidence: Evidence) -> None:
     assert evidence.leaks("exceptions") + evidence.leaks("reprs") == []
+
+
+# -- the rules themselves (fast, no servers) --------------------------------------------------------
+
+
+def test_redaction_rules() -> None:
+    from p8fs.redaction import is_secret_key, redact_mapping, redact_text, redact_url
+
+    assert redact_url("nats://u:pw@h:4222/x") == "nats://u:***@h:4222/x"
+    assert redact_url("nats://tok@h:4222") == "nats://***@h:4222"
+    assert redact_url("http://h:8333/bucket") == "http://h:8333/bucket"
+    text = "to postgresql+asyncpg://app:s3cr%40t@db/x and mysql+aiomysql://root:pw@h/y failed"
+    assert redact_text(text) == (
+        "to postgresql+asyncpg://app:***@db/x and mysql+aiomysql://root:***@h/y failed"
+    )
+    assert redact_text("key=ABCDEFGH, a=b", ["ABCDEFGH", "b"]) == "key=***, a=b"  # "b": too short
+    for name in ("password", "x-amz-meta-password", "api_key", "s3SecretKey", "token", "Creds"):
+        assert is_secret_key(name), name
+    for name in ("token_count", "keyword", "uri", "monkey_business", "size"):
+        assert not is_secret_key(name), name
+    event = {"metadata": {"password": "pw1", "lang": "en"}, "items": [{"token": "t0k3n"}]}
+    assert redact_mapping(event) == {
+        "metadata": {"password": "***", "lang": "en"},
+        "items": [{"token": "***"}],
+    }
+
+
+def test_dead_letter_rendering_masks_event_secrets() -> None:
+    import base64
+
+    from p8fs_runner.dlq import DeadLetter
+
+    password = _secret("DOCPW")
+    canonical = {
+        "event_type": "create",
+        "path": "/buckets/acme/a.pdf",
+        "key": "a.pdf",
+        "metadata": {"password": password},
+    }
+    filer = {
+        "directory": "/buckets/acme",
+        "eventNotification": {
+            "newEntry": {
+                "name": "a.pdf",
+                "extended": {"x-amz-meta-password": base64.b64encode(password.encode()).decode()},
+            }
+        },
+    }
+    for event in (canonical, filer):
+        letter = DeadLetter(
+            seq=1, subject="p8fs.storage.dlq.small", queue="small",
+            reason=f"the password {password} is wrong", code="encrypted", deliveries=1,
+            failed_at="", tenant_id="acme", uri="s3://acme/a.pdf",
+            source_stream="S", source_seq=1, data=json.dumps(event).encode(),
+        )  # fmt: skip
+        shown = json.dumps(letter.to_dict())
+        assert password not in shown
+        assert base64.b64encode(password.encode()).decode() not in shown
+        assert "a.pdf" in shown  # the object key is not a secret
+        assert json.loads(letter.data) == event  # the payload itself is untouched (replay)
+
+
+def test_settings_and_llm_config_reprs_hide_secrets() -> None:
+    from p8fs.agents.config import resolve_llm
+    from p8fs.settings import Settings
+    from p8fs_runner.settings import RunnerSettings
+
+    db_pw, nats_pw, key = _secret("DBPW"), _secret("NATSPW"), _secret("sk-ant")
+    settings = RunnerSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=f"postgresql+asyncpg://app:{db_pw}@db:5432/p8fs",
+        nats_url=f"nats://p8fs:{nats_pw}@broker:4222",
+        anthropic_api_key=key,
+    )
+    shown = repr(settings) + str(settings)
+    assert db_pw not in shown and nats_pw not in shown and key not in shown
+    assert "postgresql+asyncpg://app:***@db:5432/p8fs" in shown
+    config = resolve_llm(None, settings=Settings(_env_file=None, anthropic_api_key=key))  # type: ignore[call-arg]
+    assert config.api_key == key and key not in repr(config)
+
+
+# -- embedded services ------------------------------------------------------------------------------
+
+
+async def test_ensure_services_embeds_nats_on_loopback_with_credentials(tmp_path: Path) -> None:
+    """The runner's own embedding path (not only ``start_nats``): loopback only, anonymous and
+    wrong-password clients refused, a fresh random password, none of it printed."""
+    import nats
+    from nats.errors import Error as NatsError
+
+    from p8fs_runner.embedded import ServiceDefaults, ensure_services
+    from p8fs_runner.settings import RunnerSettings
+    from tests.runner.test_embedded import cmdline, listening_addresses
+
+    settings = RunnerSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=tmp_path,
+        seaweedfs_endpoint="http://127.0.0.1:1",  # configured: only NATS is embedded
+    )
+    defaults = ServiceDefaults(nats_port=closed_port(), nats_monitor_port=closed_port())
+    with ensure_services(settings, defaults=defaults) as resolved:
+        server = resolved.nats
+        assert server is not None and resolved.seaweedfs is None
+        assert {ip for ip, _ in listening_addresses(server.pid)} == {"127.0.0.1"}
+        password = resolved.settings.nats_password
+        assert password is not None and len(password.get_secret_value()) >= 24
+        assert password.get_secret_value() not in cmdline(server.pid)
+        assert all(password.get_secret_value() not in note for note in resolved.notes)
+        for anonymous in ({}, {"user": "p8fs", "password": "guess"}):
+            with pytest.raises(NatsError, match="Authorization Violation"):
+                await nats.connect(
+                    server.address, allow_reconnect=False, max_reconnect_attempts=0, **anonymous
+                )
+        nc = await nats.connect(**resolved.settings.nats_connect_options())
+        await nc.close()
