@@ -27,7 +27,7 @@ import pytest
 
 from tests.fixtures.servers import corpus_path
 from tests.reliability.mutate import mutant
-from tests.reliability.sandbox import Outcome, Request, Sandbox
+from tests.reliability.sandbox import DOCUMENT_SECONDS, Outcome, Request, Sandbox
 
 SEED = int(os.environ.get("P8FS_FUZZ_SEED", "20261128"))
 EXAMPLES = int(os.environ.get("P8FS_FUZZ_EXAMPLES", "60"))
@@ -36,6 +36,9 @@ MiB = 1024**2
 #: 0–60 MiB here (a Whisper window, unstructured's parse); a mutant that makes a parser
 #: allocate by a claimed size instead of the real one blows far past this.
 MEMORY_BOUND = 300 * MiB
+#: An extraction that ends this long after starting overran its deadline (``DOCUMENT_SECONDS``)
+#: by more than scheduling noise explains; mutants here take well under a second.
+OVERRUN_SECONDS = 2 * DOCUMENT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -217,12 +220,13 @@ class Campaign:
     outcomes: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     peak: int = 0
+    slowest: float = 0.0
 
     def summary(self, target: str) -> str:
         counts = ", ".join(f"{label} {n}" for label, n in sorted(self.outcomes.items()))
         return (
             f"fuzz {target}: {sum(self.outcomes.values())} mutants (seed {SEED}): {counts}; "
-            f"max extra peak memory {self.peak / MiB:.0f} MiB"
+            f"max extra peak memory {self.peak / MiB:.0f} MiB; slowest {self.slowest:.2f} s"
         )
 
 
@@ -241,6 +245,9 @@ def _check(outcome: Outcome, target: Target) -> str | None:
         return f"{outcome.kind} {outcome.error or ''}: {outcome.message} {outcome.detail}".strip()
     if outcome.peak_bytes > MEMORY_BOUND:
         return f"took {outcome.peak_bytes / MiB:.0f} MiB of extra memory"
+    if outcome.seconds > OVERRUN_SECONDS:
+        # Finished, but long past its deadline: a call that no deadline check can interrupt.
+        return f"ran {outcome.seconds:.0f} s against a {DOCUMENT_SECONDS:.0f} s deadline"
     return None
 
 
@@ -273,6 +280,7 @@ def test_mutated_files_give_only_typed_errors(
         )
         campaign.outcomes[_label(outcome, target)] += 1
         campaign.peak = max(campaign.peak, outcome.peak_bytes)
+        campaign.slowest = max(campaign.slowest, outcome.seconds)
         problem = _check(outcome, target)
         if problem:
             campaign.failures.append(f"{path.name} (seed {seed}, {how}): {problem}")
