@@ -424,3 +424,22 @@ def test_builtin_plugin_registers_both_chunkers() -> None:
     assert chunks and all(
         c.metadata["encoding"] == "cl100k_base" and c.metadata["page"] == 3 for c in chunks
     )
+
+
+@pytest.mark.parametrize("chunker_name", ["tokens", "records"])
+def test_continued_sections_join_without_a_separator(chunker_name: str) -> None:
+    from p8fs.chunking import RecordChunker, TokenChunker, join_sections
+
+    sections = [
+        Section("First part of a long line that was cut ", {"page": 1}),
+        Section("in the middle by its provider.", {"page": 1}, continued=True),
+        Section("A new paragraph.", {"page": 2}),
+        Section(" And its continuation.", {"page": 2}, continued=True),
+    ]
+    document = join_sections(sections)
+    assert document == ("First part of a long line that was cut in the middle by its provider."
+                        "\n\nA new paragraph. And its continuation.")
+    chunker = TokenChunker(8, 2) if chunker_name == "tokens" else RecordChunker(12, 0)
+    chunks = list(chunker.chunk(iter(sections)))
+    assert "".join(c.text[c.overlap:] for c in chunks) == document
+    assert {p for c in chunks for p in c.metadata.get("pages", [])} == {1, 2}

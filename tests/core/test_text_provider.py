@@ -141,3 +141,28 @@ def test_large_text_streams_in_bounded_sections(tmp_path: Path) -> None:
 def test_empty_file_yields_nothing() -> None:
     sections, _ = _extract(corpus_path("docs/unst_empty.txt"), "text/plain")
     assert sections == []
+
+
+@pytest.mark.parametrize("markdown", [False, True], ids=["text", "markdown"])
+@pytest.mark.parametrize("newline", ["\n", "\r\n", ""], ids=["lf", "crlf", "one-line"])
+def test_text_without_blank_lines_is_cut_into_bounded_continued_sections(
+    tmp_path: Path, markdown: bool, newline: str
+) -> None:
+    from p8fs.builtin.text import MAX_SECTION_CHARS
+    from p8fs.chunking import TokenChunker, join_sections
+
+    line = "The quick brown fox jumps over the lazy dog; pack my box with five dozen jugs." + newline
+    path = tmp_path / ("run.md" if markdown else "run.txt")
+    path.write_bytes((("# Heading\n\n" if markdown else "") + line * 60_000).encode())  # ~5 MB, no blank line
+    context = ExtractContext(filename=path.name, mime_type="text/markdown" if markdown else "text/plain")
+    sections = list(TextProvider().extract(path, context))
+    assert len(sections) >= 4
+    assert max(len(s.text) for s in sections) <= MAX_SECTION_CHARS + READ_BYTES
+    assert any(s.continued for s in sections)
+    original = path.read_bytes().decode()
+    assert join_sections(sections) == original
+    if newline:
+        # Cut at line breaks, never inside a line (nor between \r and \n).
+        assert all(s.text.endswith("\n") for s in sections[:-1] if sections[sections.index(s) + 1].continued)
+    chunks = TokenChunker(512, 32).chunk(iter(sections))
+    assert "".join(c.text[c.overlap:] for c in chunks) == original

@@ -1,7 +1,7 @@
 """Chunkers: cut a document's sections into chunks of at most N tokens, losing nothing.
 
 Contract (checked by property tests): the document text is the sections' texts joined by
-:data:`SECTION_SEPARATOR`; concatenating every chunk's ``text[chunk.overlap:]`` gives that text
+:data:`SECTION_SEPARATOR` (nothing before a ``continued`` section: :func:`join_sections`); concatenating every chunk's ``text[chunk.overlap:]`` gives that text
 back exactly, and no chunk exceeds ``max_tokens`` unless a single indivisible unit does.
 Structure (page numbers, headings, time ranges) travels in each chunk's ``metadata``.
 """
@@ -21,6 +21,16 @@ from p8fs.tokens import Tokenizer, get_tokenizer
 
 #: What stands between two sections' texts in the document text a chunker reproduces.
 SECTION_SEPARATOR = "\n\n"
+
+
+def join_sections(sections: Iterable[Section]) -> str:
+    """The document text that chunkers reproduce from these sections."""
+    parts: list[str] = []
+    for index, section in enumerate(sections):
+        if index and not section.continued:
+            parts.append(SECTION_SEPARATOR)
+        parts.append(section.text)
+    return "".join(parts)
 
 
 @dataclass(slots=True)
@@ -194,7 +204,7 @@ class _Document:
             raise TypeError(
                 f"section {self.ordinal} has text of type {type(text).__name__}, not str"
             )
-        if self.ordinal:
+        if self.ordinal and not section.continued:
             self._pieces.append(SECTION_SEPARATOR)
             self.end += len(SECTION_SEPARATOR)
         start = self.end
@@ -475,8 +485,9 @@ class RecordChunker(Chunker):
         ordinal = 0
         for section in sections:
             if previous is not None:
-                yield from packer.add(self._record(previous, offset, ordinal, tk, last=False))
-                offset += len(previous.text) + len(SECTION_SEPARATOR)
+                separator = "" if section.continued else SECTION_SEPARATOR
+                yield from packer.add(self._record(previous, offset, ordinal, tk, separator))
+                offset += len(previous.text) + len(separator)
                 ordinal += 1
             if not isinstance(section.text, str):
                 raise TypeError(
@@ -485,12 +496,12 @@ class RecordChunker(Chunker):
                 )
             previous = section
         if previous is not None:
-            yield from packer.add(self._record(previous, offset, ordinal, tk, last=True))
+            yield from packer.add(self._record(previous, offset, ordinal, tk, ""))
         yield from packer.finish()
 
     @staticmethod
-    def _record(section: Section, offset: int, ordinal: int, tk: Tokenizer, last: bool) -> _Record:
-        text = section.text if last else section.text + SECTION_SEPARATOR
+    def _record(section: Section, offset: int, ordinal: int, tk: Tokenizer, separator: str) -> _Record:
+        text = section.text + separator
         span = _Span(offset, offset + len(section.text), section.metadata or {}, ordinal)
         return _Record(text, tk.count(text), span)
 

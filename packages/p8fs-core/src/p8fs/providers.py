@@ -36,6 +36,9 @@ class Section:
 
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: This text continues the previous section's directly, with no separator between them: a
+    #: provider cut one long run of text (no blank line for megabytes) to keep memory bounded.
+    continued: bool = False
 
 
 @dataclass

@@ -20,6 +20,9 @@ from p8fs.providers import ContentProvider, ExtractContext, Section, Source, ope
 
 #: Read size; sections are emitted once this much text is buffered (at the next blank line).
 READ_BYTES = 1 << 16
+#: Longest section without a blank line. Past it the run is cut at a line break (or anywhere)
+#: and continues in the next section (``Section.continued``), so memory stays bounded.
+MAX_SECTION_CHARS = 16 * READ_BYTES
 #: Files up to this size are inspected whole for their encoding (exact for mixed files).
 WHOLE_FILE_DETECTION_BYTES = 1 << 20
 
@@ -85,26 +88,48 @@ class TextProvider(ContentProvider):
         yield from splitter.close()
 
 
+def _long_run_cut(text: str) -> int:
+    """Where to cut a run of text with no blank line: after its last line break within
+    :data:`MAX_SECTION_CHARS`, else at the limit (never between ``\r`` and ``\n``)."""
+    cut = text.rfind("\n", 0, MAX_SECTION_CHARS) + 1
+    if cut <= 0:
+        cut = MAX_SECTION_CHARS
+        if text[cut - 1] == "\r":
+            cut -= 1
+    return cut
+
+
 class _ParagraphSplitter:
     """Cuts a text stream at blank lines into sections of about :data:`READ_BYTES` characters."""
 
     def __init__(self) -> None:
         self.buffer = ""
+        self._continued = False
 
     def feed(self, text: str) -> Iterator[Section]:
         self.buffer += text
         while len(self.buffer) > READ_BYTES:
             cut = self.buffer.rfind(SECTION_SEPARATOR, 0, READ_BYTES)
             if cut <= 0:
-                cut = self.buffer.find(SECTION_SEPARATOR, READ_BYTES)
-            if cut <= 0:
-                return  # no blank line yet: keep buffering (a text without blank lines is one section)
-            yield self.emit(self.buffer[:cut], {})
-            self.buffer = self.buffer[cut + len(SECTION_SEPARATOR):]
+                cut = self.buffer.find(SECTION_SEPARATOR, READ_BYTES, MAX_SECTION_CHARS)
+            if cut > 0:
+                yield self.emit(self.buffer[:cut], {})
+                self.buffer = self.buffer[cut + len(SECTION_SEPARATOR):]
+            elif len(self.buffer) > MAX_SECTION_CHARS:
+                yield from self.emit_long_run()
+            else:
+                return  # no blank line yet: keep buffering, up to MAX_SECTION_CHARS
 
-    @staticmethod
-    def emit(text: str, metadata: dict[str, Any]) -> Section:
-        return Section(text, metadata)
+    def emit_long_run(self) -> Iterator[Section]:
+        cut = _long_run_cut(self.buffer)
+        yield self.emit(self.buffer[:cut], {})
+        self.buffer = self.buffer[cut:]
+        self._continued = True
+
+    def emit(self, text: str, metadata: dict[str, Any]) -> Section:
+        section = Section(text, metadata, continued=self._continued)
+        self._continued = False
+        return section
 
     def close(self) -> Iterator[Section]:
         if self.buffer:
@@ -129,6 +154,14 @@ class _MarkdownSplitter(_ParagraphSplitter):
         self.tail = parts.pop()  # may be incomplete
         for block in parts:
             yield from self._block(block)
+        if len(self.tail) > MAX_SECTION_CHARS:
+            # Megabytes without a blank line: emit what is there, continue in the next section.
+            yield from self._flush()
+            cut = _long_run_cut(self.tail)
+            piece, self.tail = self.tail[:cut], self.tail[cut:]
+            self._track_fences(piece)
+            yield self.emit(piece, self._metadata())
+            self._continued = True
 
     def _block(self, block: str) -> Iterator[Section]:
         first = block.lstrip("\n").split("\n", 1)[0]
@@ -140,7 +173,7 @@ class _MarkdownSplitter(_ParagraphSplitter):
         self.blocks.append(block)
         self.size += len(block)
         self._track_fences(block)
-        if self.size > READ_BYTES and self.fence is None:
+        if self.size > READ_BYTES and (self.fence is None or self.size > MAX_SECTION_CHARS):
             yield from self._flush()
 
     def _track_fences(self, block: str) -> None:
@@ -154,10 +187,12 @@ class _MarkdownSplitter(_ParagraphSplitter):
             elif marker.startswith(self.fence):
                 self.fence = None
 
+    def _metadata(self) -> dict[str, Any]:
+        return {"heading": self.heading, "kind": "section"} if self.heading else {}
+
     def _flush(self) -> Iterator[Section]:
         if self.blocks:
-            metadata = {"heading": self.heading, "kind": "section"} if self.heading else {}
-            yield self.emit(SECTION_SEPARATOR.join(self.blocks), metadata)
+            yield self.emit(SECTION_SEPARATOR.join(self.blocks), self._metadata())
         self.blocks = []
         self.size = 0
 
