@@ -471,24 +471,39 @@ async def test_limit_settings_reach_the_providers(
     whisper_dir: Path,
 ) -> None:
     """Each limit read from its ``P8FS_*`` variable refuses the file through ``aingest`` (an
-    ``errors`` row with code ``limit``, no ``files`` row), and a per-call option overrides it."""
+    ``errors`` row with code ``limit``, no ``files`` row). A per-call option may tighten a limit
+    but not lift it: workers pass the event's metadata as options, and the uploader sets that
+    (``x-amz-meta-max_pages: 999999999`` must not switch a limit off)."""
     path, limit = _bomb_files(tmp_path)[setting]
     ((name, value),) = limit.items()
-    monkeypatch.setenv(setting, str(value))
-    settings = Settings(data_dir=tmp_path / "data")
-    assert getattr(settings, name) == value
+    just_enough = value + 1 if name == "max_uncompressed_bytes" else value * 2
     options = {"whisper_model": str(whisper_dir), "ocr": False}
-    with pytest.raises(LimitExceeded, match=name):
-        await aingest(
-            str(path), "tenant-a", database=sqlite_database, settings=settings, options=options
+
+    async def ingest(**extra: Any) -> Any:
+        return await aingest(
+            str(path),
+            "tenant-a",
+            database=sqlite_database,
+            settings=Settings(data_dir=tmp_path / "data"),
+            options={**options, **extra},
+            force=True,
         )
+
+    monkeypatch.setenv(setting, str(value))
+    assert getattr(Settings(), name) == value
+    with pytest.raises(LimitExceeded, match=name):
+        await ingest()
     assert await sqlite_database.count("files", "tenant-a") == 0
     errors = await sqlite_database.list_errors("tenant-a")
     assert [e.metadata["code"] for e in errors] == ["limit"]
+    for lifted in (just_enough, str(just_enough), 10**18, "inf", "not a number", -1):
+        with pytest.raises(LimitExceeded, match=name):
+            await ingest(**{name: lifted})  # event metadata arrives as text
+    assert await sqlite_database.count("files", "tenant-a") == 0
 
-    lifted = {**options, name: value * 2 if name != "max_uncompressed_bytes" else value + 1}
-    result = await aingest(
-        str(path), "tenant-a", database=sqlite_database, settings=settings, options=lifted
-    )
+    monkeypatch.setenv(setting, str(just_enough))
+    with pytest.raises(LimitExceeded, match=name):
+        await ingest(**{name: value})  # tightening works
+    result = await ingest()
     assert result.file.provider in ("pdf", "image", "audio", "office")
     assert await sqlite_database.count("files", "tenant-a") == 1

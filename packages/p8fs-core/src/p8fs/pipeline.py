@@ -195,8 +195,7 @@ async def _ingest_source(
         filename=source.name,
         mime_type=mime_type,
         size=source.size,
-        # The configured safety limits, unless the call gives its own.
-        options={**settings.extraction_limits(), **options},
+        options=_with_limits(options, settings),
         deadline=time.monotonic() + settings.document_timeout,
     )
     chunker = registry.chunkers.get(settings.chunker)(
@@ -257,6 +256,24 @@ async def _ingest_source(
 
     stored = await database.store_file_stream(file_record, resources())
     return IngestResult(stored, count, False, provider.name, list(context.warnings))
+
+
+def _with_limits(options: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """``options`` with the configured safety limits, which a call may tighten but not loosen.
+
+    Options can come from outside: a worker passes the storage event's metadata (the object's
+    ``x-amz-meta-*`` headers, set by whoever uploaded it), so an uploader could otherwise lift
+    every limit. A limit option that is not a number is ignored (the setting applies).
+    """
+    merged = dict(options)
+    for key, ceiling in settings.extraction_limits().items():
+        try:
+            asked = float(options[key])
+        except (KeyError, TypeError, ValueError):
+            asked = ceiling
+        value = min(asked, ceiling) if asked > 0 else ceiling
+        merged[key] = type(ceiling)(value)
+    return merged
 
 
 async def _threaded(items: Iterator[Any], context: ExtractContext) -> AsyncIterator[Any]:
