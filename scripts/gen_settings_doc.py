@@ -36,6 +36,11 @@ DOC = REPO_ROOT / "docs" / "operating-workers.md"
 #: they do. ``tests/test_docs.py`` checks that every ``P8FS_*`` name in the sources is either a
 #: settings variable, listed here, or in :data:`NOT_VARIABLES`.
 OTHER_VARIABLES: dict[str, tuple[str, str]] = {
+    "P8FS_DOCUMENT_PASSWORD": (
+        "unset",
+        "Password for encrypted documents in `p8fs process` (same as `--password`, but not "
+        "visible to other local users in the process list).",
+    ),
     "P8FS_LOAD_PLUGINS": (
         "unset",
         "Comma-separated allow-list of plugins (entry-point names or built-in module names); "

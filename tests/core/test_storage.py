@@ -76,3 +76,19 @@ async def test_ingest_from_s3(seaweedfs: Any, s3fs_filesystem: Any, s3_bucket: s
     resources = await sqlite_database.list_resources(s3_bucket, file_id=result.file.id)
     assert resources[0].uri == f"s3://{s3_bucket}/in/sample.pdf#chunk_0"
     assert "Sample PDF Document" in resources[0].content
+
+
+async def test_errors_name_the_object_not_its_temporary_copy(
+    seaweedfs: Any, s3fs_filesystem: Any, s3_bucket: str, sqlite_database: Database, tmp_path: Path
+) -> None:
+    from p8fs.errors import EncryptedDocument
+
+    s3fs_filesystem.pipe(f"{s3_bucket}/locked.pdf", corpus_path("pdf/spf_libreoffice-writer-password.pdf").read_bytes())
+    settings = Settings(data_dir=tmp_path, seaweedfs_endpoint=seaweedfs.endpoint,
+                        s3_access_key=seaweedfs.access_key, s3_secret_key=seaweedfs.secret_key)
+    uri = f"s3://{s3_bucket}/locked.pdf"
+    with pytest.raises(EncryptedDocument) as caught:
+        await aingest(uri, s3_bucket, database=sqlite_database, settings=settings)
+    assert uri in str(caught.value) and "p8fs-" not in str(caught.value)
+    (row,) = await sqlite_database.list_errors(s3_bucket)
+    assert uri in row.message and "/tmp" not in row.message

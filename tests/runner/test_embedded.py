@@ -214,6 +214,8 @@ def test_configured_services_are_never_embedded(tmp_path: Path) -> None:
         assert resolved.settings.nats_url == "nats://broker.example:4222"
         assert resolved.settings.seaweedfs_endpoint == "http://s3.example:8333"
         assert resolved.notes == []
+        # Production: probes must be reachable by the kubelet and Prometheus.
+        assert resolved.settings.metrics_host is None
     assert not (tmp_path / "embedded").exists()
 
 
@@ -226,6 +228,8 @@ def test_a_server_answering_on_the_default_is_used(
         assert resolved.nats is None
         assert resolved.settings.nats_url == nats_server.address
         assert resolved.notes == [f"using the NATS server answering at {nats_server.address}"]
+        # Development: the probe server stays on loopback too.
+        assert resolved.settings.metrics_host == "127.0.0.1"
 
 
 def test_nothing_configured_and_never_embed_is_an_error(tmp_path: Path) -> None:
@@ -275,3 +279,21 @@ async def test_nothing_configured_starts_both_and_a_second_runner_joins(tmp_path
     assert first.seaweedfs.process.poll() is not None
     assert not (tmp_path / "embedded" / "services.json").exists()
     assert not port_open("127.0.0.1", defaults.nats_port)
+
+
+async def test_probe_server_binds_the_configured_host() -> None:
+    import socket
+
+    from p8fs_runner.metrics import start_probe_server
+    from tests.fixtures.servers import free_port
+
+    port = free_port()
+    server = await start_probe_server(None, port, "127.0.0.1")
+    assert server is not None
+    try:
+        listening = {s.getsockname()[0] for s in server._server.sockets}  # type: ignore[union-attr]
+        assert listening == {"127.0.0.1"}
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+    finally:
+        await server.stop()

@@ -143,6 +143,12 @@ async def aingest(
             result = await _ingest_source(
                 source, tenant_id, database, settings, force=force, options=options or {}
             )
+        except P8fsError as exc:
+            if source.temporary:
+                # Providers name the file they read; the operator knows it by its URI.
+                exc.message = exc.message.replace(str(source.local_path), source.uri)
+                exc.args = (exc.message,)
+            raise
         finally:
             source.release()
         provider_name = result.provider

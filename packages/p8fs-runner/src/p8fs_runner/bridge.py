@@ -485,7 +485,7 @@ async def run_bridge(
         return bool(nc.is_connected) and bridge.following()
 
     port = settings.metrics_port if metrics_port is None else metrics_port
-    probes = await start_probe_server(ready, port)
+    probes = await start_probe_server(ready, port, settings.metrics_host)
     try:
         return await bridge.run(stop)
     finally:

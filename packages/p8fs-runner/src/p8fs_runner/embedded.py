@@ -722,6 +722,9 @@ def ensure_services(
                 if resolved.embedded:
                     _write_state(root, resolved)
                     stack.callback(_clear_state, root)
+            if runner.metrics_host is None:
+                # Development: nothing here is meant to be reached from another machine.
+                update["metrics_host"] = LOOPBACK
         resolved.settings = runner.model_copy(update=update)
         yield resolved
 

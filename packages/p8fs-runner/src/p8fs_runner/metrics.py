@@ -113,16 +113,17 @@ class ProbeServer:
 
 
 async def start_probe_server(
-    ready: ReadyCheck | None, port: int | None = None
+    ready: ReadyCheck | None, port: int, host: str | None = None
 ) -> ProbeServer | None:
-    """Start the probe server on ``port`` (default ``P8FS_METRICS_PORT``), or not at all for 0.
+    """Start the probe server on ``host:port`` (``P8FS_METRICS_HOST``/``P8FS_METRICS_PORT``), or
+    not at all for port 0.
 
     A port already taken (two workers on one laptop) is logged, not fatal: metrics are not worth
     refusing to process files.
     """
     if port <= 0:
         return None
-    server = ProbeServer(ready)
+    server = ProbeServer(ready, host or "0.0.0.0")
     try:
         await server.start(port)
     except OSError as exc:

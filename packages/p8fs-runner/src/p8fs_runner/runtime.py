@@ -105,13 +105,15 @@ class LazyDatabase:
 
 
 @contextlib.asynccontextmanager
-async def _probes(nc: Client, database: LazyDatabase, port: int) -> AsyncIterator[Any]:
+async def _probes(
+    nc: Client, database: LazyDatabase, port: int, host: str | None
+) -> AsyncIterator[Any]:
     from p8fs_runner.metrics import start_probe_server
 
     async def ready() -> bool:
         return bool(nc.is_connected) and await database.ready()
 
-    server = await start_probe_server(ready, port)
+    server = await start_probe_server(ready, port, host)
     try:
         yield server
     finally:
@@ -196,7 +198,7 @@ async def serve_router(
         await nc.subscribe(MAX_DELIVERIES_ADVISORY, queue="p8fs-router", cb=on_advisory)
         sub = await js.pull_subscribe_bind(durable=router_spec.durable, stream=router_spec.stream)
         router = Router(js, errors=database.record_error, spec=router_spec)
-        async with _probes(nc, database, _port(settings, metrics_port)):
+        async with _probes(nc, database, _port(settings, metrics_port), settings.metrics_host):
             if on_ready is not None:
                 on_ready()
             stats = await router.run(sub, stop)
@@ -279,7 +281,7 @@ async def serve_worker(
             grace=grace,
             process_name=process_name,
         )
-        async with _probes(nc, database, _port(settings, metrics_port)):
+        async with _probes(nc, database, _port(settings, metrics_port), settings.metrics_host):
             return await worker.run(
                 sub, stop, fetch_timeout=fetch_timeout, max_messages=max_messages, ready=ready
             )

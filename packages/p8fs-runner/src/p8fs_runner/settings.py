@@ -47,6 +47,12 @@ class RunnerSettings(Settings):
     metrics_port: int = Field(
         9090, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz (0 = off)."
     )
+    metrics_host: str | None = Field(
+        None,
+        description="Address the /metrics and probe server binds: unset means 0.0.0.0 (reachable "
+        "by Kubernetes probes and Prometheus) when NATS and S3 are configured, 127.0.0.1 in "
+        "development (services embedded or found on the default ports).",
+    )
     tier_overrides: dict[str, dict[str, Any]] = Field(
         {},
         description="JSON: consumer settings replacing the queue table's, per queue, e.g. "

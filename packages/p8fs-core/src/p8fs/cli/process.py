@@ -83,7 +83,9 @@ async def _run(files: list[Path], tenant_id: str, force: bool, jobs: int, passwo
 @click.option("--force", is_flag=True, help="Re-process files whose content is unchanged.")
 @click.option("-j", "--jobs", default=4, show_default=True, type=click.IntRange(1, 64),
               help="Files processed at once.")
-@click.option("--password", default=None, help="Password for encrypted documents.")
+@click.option("--password", default=None, envvar="P8FS_DOCUMENT_PASSWORD", show_envvar=True,
+              help="Password for encrypted documents (prefer the variable: a command line is "
+              "visible to other local users).")
 @click.option("--show-files/--no-show-files", default=True, help="List every file in the summary.")
 def process(paths: tuple[str, ...], tenant_id: str, force: bool, jobs: int, password: str | None,
             show_files: bool) -> None:
