@@ -17,12 +17,14 @@ So an event is routed exactly once as long as the retry comes within the duplica
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from p8fs_runner import metrics
@@ -205,6 +207,22 @@ class Router:
                 msgs = await sub.fetch(self.spec.batch, timeout=fetch_timeout)
             except (TimeoutError, NatsTimeoutError):
                 continue  # an empty fetch raises plain asyncio.TimeoutError too (measured)
-            stats = await self.route(msgs)
+            except NatsError as exc:
+                # A broker restart answers 503 / no responders for a moment: ask again.
+                log.warning("fetch failed (%s: %s); retrying", type(exc).__name__, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+                continue
+            try:
+                stats = await self.route(msgs)
+            except Exception as exc:
+                # Settling failed midway (the broker went away): whatever was not acked comes
+                # back after the ack wait and is routed again under the same message ids.
+                log.error(
+                    "routing a batch failed (%s: %s); it will be redelivered",
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
             log.debug("routed %s", stats)
         return self.stats

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from p8fs_runner import metrics
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: ``jobs.job_type`` of a file's processing.
 JOB_TYPE = "file_processing"
+#: Seconds to wait before fetching again after the broker refused a fetch (restarting).
+BROKER_RETRY = 0.5
 
 
 class EventProcessor(Protocol):
@@ -162,6 +165,12 @@ class Worker:
                     msgs = await sub.fetch(want, timeout=fetch_timeout)
                 except (TimeoutError, NatsTimeoutError):
                     continue  # an empty fetch may raise either (measured)
+                except NatsError as exc:
+                    # A broker restart: JetStream answers 503 or nobody answers for a moment
+                    # after the reconnect (measured). Not a reason to exit; ask again shortly.
+                    log.warning("fetch failed (%s: %s); retrying", type(exc).__name__, exc)
+                    await _wait_first(asyncio.sleep(BROKER_RETRY), stop.wait())
+                    continue
                 if ready_task is not None:
                     try:
                         await ready_task
@@ -220,7 +229,20 @@ class Worker:
                     await self._release(msg, "nak")  # never started: give it back at once
                     self.stats.interrupted += 1
                     return
-                await self._handle(msg)
+                try:
+                    await self._handle(msg)
+                except Exception as exc:
+                    # Settling failed (the broker went away while a dead letter was being
+                    # published): hand the message back, to be retried after the usual delay,
+                    # rather than leave it to the ack wait or kill the task silently.
+                    log.error(
+                        "could not settle a message (%s: %s); handing it back",
+                        type(exc).__name__,
+                        exc,
+                    )
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=self.spec.retry_delay(msg.metadata.num_delivered))
+                    self.stats.nakked += 1
         finally:
             self._held.pop(id(msg), None)
             self._slot_freed.set()
