@@ -500,7 +500,9 @@ class PausableProxy:
 
 # -- runner processes -------------------------------------------------------------------------
 
-_METRIC_LINE = re.compile(r"^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+-]+)$", re.M)
+_METRIC_LINE = re.compile(
+    r"^(?P<name>[a-zA-Z0-9_:]+)\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+-]+)$", re.M
+)
 
 
 class RunnerProcess:
