@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 JOB_TYPE = "file_processing"
 #: Seconds to wait before fetching again after the broker refused a fetch (restarting).
 BROKER_RETRY = 0.5
+#: Seconds between attempts of a set-up (``ready``) that failed transiently.
+SETUP_RETRY = 1.0
 
 
 class EventProcessor(Protocol):
@@ -174,10 +176,17 @@ class Worker:
                 if ready_task is not None:
                     try:
                         await ready_task
-                    except BaseException:
+                    except BaseException as exc:
                         for msg in msgs:  # set-up failed: give the messages straight back
                             await self._release(msg, "nak")
-                        raise
+                        if not _heals(exc) or ready is None:
+                            raise
+                        # A worker (re)started while the database is down must wait for it,
+                        # not exit and crash-loop (found by tests/reliability/test_load_faults).
+                        log.warning("set-up failed (%s); retrying", exc)
+                        await _wait_first(asyncio.sleep(SETUP_RETRY), stop.wait())
+                        ready_task = asyncio.ensure_future(ready())
+                        continue
                     ready_task = None
                 for msg in msgs:
                     fetched += 1
@@ -414,6 +423,13 @@ class Worker:
         metrics.DEAD_LETTERED.labels(self.spec.name).inc()
         self.stats.dead_lettered += 1
         log.error("dead-lettered %s: %s", event.uri if event else "invalid event", reason)
+
+
+def _heals(exc: BaseException) -> bool:
+    """Whether a failure may go away by itself (a database or broker that is down)."""
+    from p8fs.errors import is_permanent
+
+    return isinstance(exc, Exception) and not is_permanent(exc)
 
 
 async def _wait_first(*aws: Awaitable[Any]) -> None:
