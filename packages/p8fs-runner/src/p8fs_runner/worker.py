@@ -300,10 +300,20 @@ class Worker:
                 }
             )
             if is_permanent(exc) or last:
-                metrics.FAILED.labels(tier, "permanent").inc()
                 job.error = f"{error_code(exc)}: {exc}"
-                with contextlib.suppress(Exception):
+                try:
                     await self._save_job(job, "FAILED")
+                except Exception as db_exc:
+                    if not last and _heals(db_exc):
+                        # The database went down while this failure was being recorded: the
+                        # errors row may be missing and the job would stay RUNNING. Retry the
+                        # delivery (it fails the same way, cheaply) instead of dead-lettering
+                        # now (found by tests/reliability/test_load_faults.py).
+                        log.warning("%s: cannot record its failure yet (%s)", event.uri, db_exc)
+                        await msg.nak(delay=self.spec.retry_delay(md.num_delivered))
+                        self.stats.nakked += 1
+                        return
+                metrics.FAILED.labels(tier, "permanent").inc()
                 await self._dead_letter(
                     msg, exc, event=event, recorded=bool(getattr(exc, "recorded", False)), last=last
                 )
