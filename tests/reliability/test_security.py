@@ -361,9 +361,11 @@ async def _in_process(stage: Stage, files: dict[str, bytes]) -> None:
         await db.dispose()
 
 
-async def _worker_process(stage: Stage, env: dict[str, str], name: str, until_letters: int) -> None:
-    """A real ``p8fs-run -vv worker --tier test`` until the DLQ holds ``until_letters``, then
-    SIGTERM (or until it exits by itself)."""
+async def _worker_process(
+    stage: Stage, env: dict[str, str], name: str, until_letters: int, until_output: str | None = None
+) -> None:
+    """A real ``p8fs-run -vv worker --tier test`` until the DLQ holds ``until_letters`` (or its
+    output shows ``until_output``), then SIGTERM (or until it exits by itself)."""
     from p8fs_runner.connection import connect_nats
     from p8fs_runner.dlq import count
 
@@ -379,6 +381,8 @@ async def _worker_process(stage: Stage, env: dict[str, str], name: str, until_le
         end = time.monotonic() + 45
         while time.monotonic() < end and process.returncode is None:
             if await count(nc.jetstream()) >= until_letters:
+                break
+            if until_output is not None and until_output in out.read_text(errors="replace"):
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), 0.2)
@@ -425,7 +429,11 @@ async def _subprocesses(stage: Stage, files: dict[str, bytes]) -> None:
         pg_down = stage.base_env(
             P8FS_DATABASE_URL=_pg_unreachable_url(secrets["DB password (PostgreSQL, unreachable)"])
         )
-        await _worker_process(stage, pg_down, "p8fs-run -vv worker (database down)", 10_000)
+        # It stays up, retrying its set-up until the database is back (a restart must not
+        # kill workers): stop it once it has said so, with the password masked.
+        await _worker_process(
+            stage, pg_down, "p8fs-run -vv worker (database down)", 10_000, "set-up failed"
+        )
 
         for letter in await list_dead_letters(js):
             headers = {k: v for k, v in letter.to_dict().items() if k != "event"}
@@ -607,8 +615,11 @@ def test_the_run_failed_in_every_way(evidence: Evidence) -> None:
     exits = facts["cli_exit"]
     assert exits["p8fs-run status"] == 0 and exits["p8fs-run dlq list --json"] == 0
     assert exits["p8fs-run -vv worker (wrong S3 secret)"] == 0  # stopped by SIGTERM, cleanly
+    assert exits["p8fs-run -vv worker (database down)"] == 0  # waited for the database; SIGTERM
+    [db_down] = [t for n, t in evidence.cli if n.startswith("p8fs-run -vv worker (database down)")]
+    assert "set-up failed (database postgresql+asyncpg://p8fs:***@" in db_down
     for name, code in exits.items():
-        if "worker (wrong S3" in name:
+        if "worker (wrong S3" in name or "worker (database down)" in name:
             continue
         if "wrong" in name or "unreachable" in name or "401" in name or "down" in name:
             assert code != 0, name

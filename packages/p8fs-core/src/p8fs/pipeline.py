@@ -32,7 +32,7 @@ from p8fs.errors import (
     error_code,
     is_permanent,
 )
-from p8fs.models import ErrorRecord, FileRecord, Resource, utcnow
+from p8fs.models import ErrorRecord, FileRecord, Job, JobStatus, Resource, utcnow
 from p8fs.providers import ContentProvider, ExtractContext
 from p8fs.sniff import GENERIC_MIME_TYPES, extension_of, is_textual, sniff_mime
 from p8fs.storage import SourceFile, fetch, normalize_uri, storage_options_from_settings
@@ -111,8 +111,12 @@ async def aingest(
     storage_options: dict[str, Any] | None = None,
     process: str = "ingest",
     record_errors: bool = True,
+    job: Job | None = None,
 ) -> IngestResult:
     """Process one file into ``files`` and ``resources`` rows for ``tenant_id``.
+
+    ``job`` (a queue worker's ``jobs`` row) is marked DONE, with a summary as its result, in the
+    same transaction that stores the file: its own commit would cost as much as the file's.
 
     On failure an ``errors`` row is written (unless ``record_errors`` is false) and a
     :class:`p8fs.errors.P8fsError` is raised; :func:`p8fs.errors.is_permanent` tells a queue
@@ -141,7 +145,7 @@ async def aingest(
         )
         try:
             result = await _ingest_source(
-                source, tenant_id, database, settings, force=force, options=options or {}
+                source, tenant_id, database, settings, force=force, options=options or {}, job=job
             )
         except P8fsError as exc:
             if source.temporary:
@@ -181,10 +185,13 @@ async def _ingest_source(
     *,
     force: bool,
     options: dict[str, Any],
+    job: Job | None,
 ) -> IngestResult:
     file_id = ids.file_id(tenant_id, source.uri)
     existing = await database.get_file(tenant_id, file_id)
     if existing is not None and existing.content_hash == source.content_hash and not force:
+        if job is not None:
+            await database.upsert_job(_done(job, existing, skipped=True))
         return IngestResult(existing, existing.chunk_count, True, existing.provider)
     if source.size == 0:
         raise EmptyDocument(f"{source.uri} is empty (0 bytes)", uri=source.uri)
@@ -260,7 +267,11 @@ async def _ingest_source(
             updated_at=utcnow(),
         )
 
-    stored = await database.store_file_stream(file_record, resources())
+    stored = await database.store_file_stream(
+        file_record,
+        resources(),
+        job=None if job is None else (lambda record: _done(job, record, skipped=False)),
+    )
     return IngestResult(stored, count, False, provider.name, list(context.warnings))
 
 
@@ -280,6 +291,21 @@ def _with_limits(options: dict[str, Any], settings: Settings) -> dict[str, Any]:
         value = min(asked, ceiling) if asked > 0 else ceiling
         merged[key] = type(ceiling)(value)
     return merged
+
+
+def _done(job: Job, file: FileRecord, *, skipped: bool) -> Job:
+    job.status = JobStatus.DONE
+    job.result = {
+        "action": "ingest",
+        "file_id": file.id,
+        "chunks": file.chunk_count,
+        "skipped": skipped,
+        "provider": file.provider,
+        "bytes": file.file_size,
+    }
+    job.error = None
+    job.updated_at = utcnow()
+    return job
 
 
 async def _threaded(items: Iterator[Any], context: ExtractContext) -> AsyncIterator[Any]:

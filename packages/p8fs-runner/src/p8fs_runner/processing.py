@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from p8fs.database import Database
+    from p8fs.models import Job
     from p8fs.settings import Settings
     from p8fs_runner.events import StorageEvent
 
@@ -37,7 +38,7 @@ class PipelineProcessor:
             storage_options = storage_options_from_settings(settings)
         self.storage_options = storage_options
 
-    async def __call__(self, event: StorageEvent) -> dict[str, Any]:
+    async def __call__(self, event: StorageEvent, job: Job | None = None) -> dict[str, Any]:
         from p8fs.pipeline import adelete, arename
 
         if event.event_type == "delete":
@@ -50,9 +51,9 @@ class PipelineProcessor:
                 if moved is not None:
                     return {"action": "rename", "from": old, "file_id": moved.id}
             # Nothing stored under the old name (or no old name): process the new one.
-        return await self._ingest(event)
+        return await self._ingest(event, job)
 
-    async def _ingest(self, event: StorageEvent) -> dict[str, Any]:
+    async def _ingest(self, event: StorageEvent, job: Job | None) -> dict[str, Any]:
         from p8fs.pipeline import aingest
 
         try:
@@ -66,6 +67,7 @@ class PipelineProcessor:
                 options={**(self.options or {}), **event.metadata} or None,
                 process=self.process,
                 record_errors=True,
+                job=job,
             )
         except Exception as exc:
             # aingest wrote the errors row; tell the worker not to write a second one.
@@ -82,4 +84,6 @@ class PipelineProcessor:
             "provider": result.provider,
             "seconds": round(result.seconds, 3),
             "bytes": result.file.file_size,
+            # The pipeline committed the job DONE with the file's rows.
+            "job_done": job is not None,
         }

@@ -268,9 +268,9 @@ async def serve_worker(
             # paid here in a thread, they cannot stall the loop (and its heartbeats) later.
             await asyncio.to_thread(_warm_up, processor.storage_options, settings.token_encoding)
 
-        async def process(event: Any) -> dict[str, Any]:
+        async def process(event: Any, job: Any = None) -> dict[str, Any]:
             assert processor is not None, "ready() runs before the first message"
-            return await processor(event)
+            return await processor(event, job)
 
         worker = Worker(
             js,

@@ -59,7 +59,10 @@ class EventProcessor(Protocol):
     ``recorded`` on the exception (set by the pipeline) means an ``errors`` row already exists.
     """
 
-    async def __call__(self, event: StorageEvent) -> dict[str, Any]: ...
+    async def __call__(self, event: StorageEvent, job: Job | None = None) -> dict[str, Any]:
+        """``job``, when given, may be committed DONE together with the file's rows; the
+        returned ``job_done`` says whether it was (then the worker writes no DONE of its own)."""
+        ...
 
 
 JobSink = Callable[["Job"], Awaitable[Any]]
@@ -279,9 +282,10 @@ class Worker:
         metrics.IN_FLIGHT.labels(tier).inc()
         try:
             await self._save_job(job, "RUNNING")
-            result = await self.processor(event)
-            job.result = result
-            await self._save_job(job, "DONE")  # committed before the ack
+            result = await self.processor(event, job if self.jobs is not None else None)
+            if not result.pop("job_done", False):
+                job.result = result
+                await self._save_job(job, "DONE")  # committed before the ack
         except asyncio.CancelledError:
             # Stop after the grace period: hand the file back to another worker now.
             with contextlib.suppress(Exception):

@@ -11,8 +11,9 @@ violated constraint raises SQLAlchemy's own ``IntegrityError`` and rolls everyth
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from enum import Enum
 from pathlib import Path
@@ -31,7 +32,7 @@ from sqlalchemy.sql.expression import ColumnElement
 from p8fs.database import schema
 from p8fs.database.errors import UnstorableText, classify, safe_url
 from p8fs.database.spool import RowSpool
-from p8fs.errors import ConfigurationError, InvalidPath
+from p8fs.errors import ConfigurationError, InvalidPath, TransientError
 from p8fs.ids import uri_hash
 from p8fs.models import ErrorRecord, FileRecord, Job, JobStatus, Moment, Resource, Session
 
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
     from p8fs.settings import Settings
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
+#: One unit of writing, run inside a transaction the database layer opens.
+WriteOp = Callable[[AsyncConnection], Awaitable[Any]]
+
+#: Most writes one group commit carries (each file's rows are spooled, so this bounds time).
+GROUP_COMMIT_MAX = 64
 T = TypeVar("T")
 
 #: Resources inserted per statement when storing a stream (bounded statement size).
@@ -79,6 +85,7 @@ class Database:
         url: str,
         *,
         sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+        group_commit: bool | None = None,
         **engine_kwargs: Any,
     ) -> None:
         try:
@@ -95,6 +102,11 @@ class Database:
             )
         self.url = url
         self.dialect = dialect
+        #: Coalesce concurrent writes into shared transactions (default: on for SQLite, whose
+        #: writers queue for one lock anyway, so one commit for many files is pure gain).
+        self.group_commit = dialect == "sqlite" if group_commit is None else group_commit
+        self._pending_writes: list[tuple[WriteOp, asyncio.Future[Any]]] = []
+        self._writer: asyncio.Task[None] | None = None
         self._url: URL = parsed
         kwargs: dict[str, Any] = {"json_serializer": _json_dumps}
         if dialect != "sqlite":
@@ -207,6 +219,60 @@ class Database:
                 raise
             raise typed from exc
 
+    async def _write(self, op: WriteOp) -> Any:
+        """Run ``op`` in a write transaction and return its result once committed.
+
+        With :attr:`group_commit`, writes that arrive while a commit is in progress wait and
+        then share one transaction (one fsync for many files). If that shared transaction
+        fails, each write is retried alone, so one bad row fails only its own caller. Either
+        way a caller returns only after its own rows are committed.
+        """
+        if not self.group_commit:
+            async with self._begin() as conn:
+                return await op(conn)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending_writes.append((op, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain_writes(), name="p8fs-group-commit")
+        return await future
+
+    async def _drain_writes(self) -> None:
+        try:
+            while self._pending_writes:
+                batch = self._pending_writes[:GROUP_COMMIT_MAX]
+                del self._pending_writes[:GROUP_COMMIT_MAX]
+                await self._commit_group(batch)
+        except BaseException as exc:
+            # Cancelled with the loop: nobody may wait forever for a commit that never comes.
+            for _, future in self._pending_writes:
+                if not future.done():
+                    future.set_exception(TransientError("the database writer stopped", cause=str(exc)))
+            self._pending_writes.clear()
+            raise
+
+    async def _commit_group(self, batch: list[tuple[WriteOp, asyncio.Future[Any]]]) -> None:
+        if len(batch) > 1:
+            try:
+                async with self._begin() as conn:
+                    results = [await op(conn) for op, _ in batch]
+            except Exception:
+                pass  # somebody's write failed: retry each alone below
+            else:
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+                return
+        for op, future in batch:
+            try:
+                async with self._begin() as conn:
+                    result = await op(conn)
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(result)
+
     # -- files and resources --------------------------------------------------------------
 
     async def get_file(self, tenant_id: str, file_id: str) -> FileRecord | None:
@@ -244,6 +310,7 @@ class Database:
         resources: AsyncIterable[Resource] | Iterable[Resource],
         *,
         batch_size: int = RESOURCE_BATCH_SIZE,
+        job: Callable[[FileRecord], Job] | None = None,
     ) -> FileRecord:
         """:meth:`store_file` for resources that arrive while a provider is still extracting.
 
@@ -253,6 +320,8 @@ class Database:
         ``chunk_count``. Then one short transaction upserts the file, deletes its old resources
         and inserts the new ones in batches. Returns the file record exactly as stored (call
         ``file`` only through here, so the row and what the caller reports are the same).
+        ``job``, given the stored record, returns a ``jobs`` row committed in the same
+        transaction (a queue worker's DONE, so it costs no commit of its own).
         """
         with RowSpool() as spool:
             batch: list[dict[str, Any]] = []
@@ -264,12 +333,18 @@ class Database:
             spool.write(batch)
             record = file() if callable(file) else file
             file_row = self._file_row(record)
-            async with self._begin() as conn:
+            job_row = None if job is None else _to_row(job(record), schema.jobs)
+
+            async def store(conn: AsyncConnection) -> None:
                 await self._upsert(conn, schema.files, [file_row])
                 await self._delete_resources(conn, record.tenant_id, record.id)
                 for rows in spool.batches():
                     self._check_resource_rows(record, rows)
                     await conn.execute(insert(schema.resources), rows)
+                if job_row is not None:
+                    await self._upsert(conn, schema.jobs, [job_row])
+
+            await self._write(store)
             return record
 
     async def replace_file(
@@ -367,8 +442,12 @@ class Database:
     # -- jobs -----------------------------------------------------------------------------
 
     async def upsert_job(self, job: Job) -> None:
-        async with self._begin() as conn:
-            await self._upsert(conn, schema.jobs, [_to_row(job, schema.jobs)])
+        row = _to_row(job, schema.jobs)
+
+        async def upsert(conn: AsyncConnection) -> None:
+            await self._upsert(conn, schema.jobs, [row])
+
+        await self._write(upsert)
 
     async def get_job(self, tenant_id: str, job_id: str) -> Job | None:
         t = schema.jobs
