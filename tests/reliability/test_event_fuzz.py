@@ -161,14 +161,6 @@ LONE_SURROGATES = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="known gap (found by the mutation test above, hypothesis seed 3): parse_event accepts "
-    "a lone surrogate in mime_type or metadata, then StorageEvent.to_json() (the router's "
-    "republish) raises UnicodeEncodeError; p8fs_runner.events should reject such strings "
-    "with InvalidEvent",
-)
 @pytest.mark.parametrize("raw", LONE_SURROGATES, ids=["mime_type", "metadata"])
 def test_lone_surrogates_are_rejected_or_survive_to_json(raw: bytes) -> None:
     _check_outcome(raw)

@@ -128,12 +128,6 @@ async def test_nul_in_a_local_path_is_refused_before_reading(
     assert await sqlite_database.count("files") == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: aingest stores the rejection in an errors row under the hostile tenant "
-    "id itself (or under 'unknown', a valid bucket name, when it is empty); p8fs.pipeline "
-    "should not write rows for an invalid tenant",
-)
 @pytest.mark.parametrize("tenant", ["../x", "a/b", ""], ids=repr)
 async def test_a_hostile_tenant_leaves_no_row_at_all(
     tenant: str, sqlite_database: Database, settings: Settings, document: Path
@@ -157,12 +151,6 @@ TRAVERSING_URIS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: p8fs.storage.normalize_uri checks remote URIs for NUL only; '..', '.', "
-    "URL-encoded traversal and control characters reach the object store (SeaweedFS answers "
-    "400, classified as a TransientError and retried) instead of an InvalidPath up front",
-)
 @pytest.mark.parametrize("template", TRAVERSING_URIS, ids=repr)
 async def test_traversing_object_uris_are_refused_before_any_request(
     template: str,

@@ -12,6 +12,8 @@ characters such as ``€`` in cp1252).
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 _BOMS: tuple[tuple[bytes, str], ...] = (
     (codecs.BOM_UTF32_LE, "utf-32-le"),
@@ -110,3 +112,56 @@ def looks_like_text(sample: bytes) -> bool:
     text = sample[bom_length(sample):].decode(enc, errors="replace")
     controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f\v\x1b")
     return controls <= max(1, len(text) // 100)
+
+
+class TextStream:
+    """A binary stream decoded incrementally, in the encoding its head reveals.
+
+    Providers of text formats iterate it for decoded pieces (the first one holds the head), so a
+    file of any size is decoded with one read buffer in memory. Two kinds of damage are repaired
+    and reported through ``warn`` rather than failing the file: invalid bytes past the inspected
+    head become U+FFFD, and NUL characters (not text; PostgreSQL cannot store them) are dropped.
+    """
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        warn: Callable[[str], None],
+        *,
+        detect_bytes: int = 1 << 20,
+        read_bytes: int = 1 << 16,
+    ) -> None:
+        self._stream = stream
+        self._warn = warn
+        self._read_bytes = read_bytes
+        #: The first bytes read (for callers that sniff before decoding).
+        self.head = stream.read(detect_bytes + 1)
+        #: The encoding the head revealed (a Python codec name).
+        self.encoding = detect_encoding(self.head, complete=len(self.head) <= detect_bytes)
+
+    def __iter__(self) -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder(self.encoding)("strict")
+        nuls = 0
+        data = self.head[bom_length(self.head):]
+        while True:
+            final = not data
+            try:
+                text = decoder.decode(data, final=final)
+            except UnicodeDecodeError as exc:
+                # Only possible past the inspected head: keep going, but say so.
+                self._warn(
+                    f"invalid {self.encoding} bytes past the first {len(self.head)} ({exc.reason}); "
+                    "replaced with U+FFFD"
+                )
+                decoder = codecs.getincrementaldecoder(self.encoding)("replace")
+                text = decoder.decode(data, final=final)
+            if "\x00" in text:
+                nuls += text.count("\x00")
+                text = text.replace("\x00", "")
+            if text:
+                yield text
+            if final:
+                break
+            data = self._stream.read(self._read_bytes)
+        if nuls:
+            self._warn(f"dropped {nuls} NUL character(s): not text, and not storable everywhere")

@@ -90,6 +90,14 @@ def _validate_tenant(tenant_id: str) -> None:
         raise InvalidPath(f"tenant_id {tenant_id!r} contains forbidden characters")
 
 
+def _tenant_is_valid(tenant_id: str) -> bool:
+    try:
+        _validate_tenant(tenant_id)
+    except InvalidPath:
+        return False
+    return True
+
+
 _schema_ready: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
@@ -162,7 +170,9 @@ async def aingest(
         if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
             raise
         error = _as_p8fs_error(exc, normalized)
-        if record_errors:
+        # A hostile or empty tenant id gets no row of its own (it would be stored under that
+        # very id): the caller, who knows the real tenant, records the refusal.
+        if record_errors and _tenant_is_valid(tenant_id):
             await _record_error(database, tenant_id, process, normalized, error, provider_name)
         if error is exc:
             raise
@@ -383,13 +393,13 @@ async def _record_error(
     provider: str | None,
 ) -> None:
     record = ErrorRecord(
-        tenant_id=tenant_id or "unknown",
+        tenant_id=tenant_id,
         process=process,
         message=f"{type(error).__name__}: {error}",
         stack_trace="".join(traceback.format_exception(error)),
         metadata={
             "uri": uri,
-            "file_id": ids.file_id(tenant_id, uri) if tenant_id else None,
+            "file_id": ids.file_id(tenant_id, uri),
             "code": error_code(error),
             "permanent": is_permanent(error),
             "provider": provider,

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from p8fs.errors import InvalidPath, LimitExceeded, P8fsError, SourceNotFound, TransientError
 from p8fs.sniff import SNIFF_BYTES
@@ -50,15 +51,33 @@ def is_remote(uri: str) -> bool:
 
 
 def normalize_uri(uri: str | os.PathLike[str]) -> str:
-    """The URI stored for a source: absolute local paths, remote URLs unchanged."""
+    """The URI stored for a source: absolute local paths, remote URLs unchanged (but checked)."""
     text = os.fspath(uri)
     if "\x00" in text:
         raise InvalidPath("a path must not contain NUL bytes")
     if text.startswith("file://"):
         text = text[len("file://"):]
     if is_remote(text):
+        _check_object_uri(text)
         return text
     return str(Path(text).expanduser().resolve())
+
+
+def _check_object_uri(uri: str) -> None:
+    """Refuse object URIs that could name another place than they seem to: ``.``/``..``
+    segments (also URL-encoded, once or twice) and control characters. The object store may
+    or may not normalise them; we never ask it."""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in uri):
+        raise InvalidPath(f"object URI {uri!r} contains control characters")
+    path = uri.split("://", 1)[1]
+    for _ in range(3):  # decode until stable: %252e%252e → %2e%2e → ..
+        decoded = unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    segments = path.replace("\\", "/").split("/")
+    if any(segment in (".", "..") for segment in segments):
+        raise InvalidPath(f"object URI {uri!r} contains '.' or '..' path segments")
 
 
 def storage_options_from_settings(settings: Settings) -> dict[str, Any]:

@@ -141,10 +141,19 @@ def parse_event(data: bytes | str | Mapping[str, Any]) -> StorageEvent | None:
     try:
         document = _load(data)
         if "eventNotification" in document:
-            return _parse_filer(document, _meta_tail_fields)
-        if "message" in document and "key" in document:
-            return _parse_filer(document, _webhook_fields)
-        return _parse_canonical(document)
+            event = _parse_filer(document, _meta_tail_fields)
+        elif "message" in document and "key" in document:
+            event = _parse_filer(document, _webhook_fields)
+        else:
+            event = _parse_canonical(document)
+        if event is not None:
+            # An accepted event must survive republishing (router, bridge, dead letters): JSON
+            # escapes can smuggle in lone surrogates that no UTF-8 encoder accepts.
+            try:
+                event.to_json()
+            except UnicodeEncodeError as exc:
+                raise InvalidEvent(f"event holds text that is not valid Unicode ({exc.reason})") from exc
+        return event
     except InvalidEvent:
         raise
     except Exception as exc:  # a shape nobody foresaw: still a typed, permanent rejection

@@ -16,6 +16,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from p8fs_runner.events import StorageEvent
 
 
+#: Event metadata keys that become extraction options (everything else is the uploader's).
+EVENT_OPTION_KEYS = frozenset({"password"})
+
+
+def event_options(event: StorageEvent) -> dict[str, Any]:
+    """The extraction options an event may carry: a document password, nothing else."""
+    return {k: v for k, v in event.metadata.items() if k in EVENT_OPTION_KEYS}
+
+
 class PipelineProcessor:
     """Calls the pipeline for each event; its return value becomes the job's ``result``."""
 
@@ -63,8 +72,9 @@ class PipelineProcessor:
                 database=self.database,
                 settings=self.settings,
                 storage_options=self.storage_options,
-                # Per-event facts such as an encrypted PDF's password ride in the event.
-                options={**(self.options or {}), **event.metadata} or None,
+                # Per-event facts such as an encrypted PDF's password ride in the event; only
+                # those: the uploader must not pick models, engines or limits.
+                options={**(self.options or {}), **event_options(event)} or None,
                 process=self.process,
                 record_errors=True,
                 job=job,

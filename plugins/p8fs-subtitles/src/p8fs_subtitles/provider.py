@@ -7,12 +7,11 @@ a ten-hour transcript costs no more memory than a ten-second one.
 
 from __future__ import annotations
 
-import codecs
 import re
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from p8fs.encoding import bom_length, detect_encoding, looks_like_text
+from p8fs.encoding import TextStream, looks_like_text
 from p8fs.errors import CorruptDocument, LimitExceeded
 from p8fs.providers import (
     ContentProvider,
@@ -73,39 +72,23 @@ class SubtitleProvider(ContentProvider):
     @staticmethod
     def _lines(stream: BinaryIO, context: ExtractContext) -> Iterator[str]:
         """The file's lines, decoded as they are read (``\\r\\n``, ``\\r`` and ``\\n`` all end one)."""
-        head = stream.read(DETECT_BYTES + 1)
-        if not looks_like_text(head[:8192]):
+        text = TextStream(stream, context.warn, detect_bytes=DETECT_BYTES, read_bytes=READ_BYTES)
+        if not looks_like_text(text.head[:8192]):
             raise CorruptDocument(
                 f"{context.filename or context.uri or 'the file'} is binary, not a subtitle file"
             )
-        encoding = detect_encoding(head, complete=len(head) <= DETECT_BYTES)
-        context.metadata["encoding"] = encoding
-        decoder = codecs.getincrementaldecoder(encoding)("strict")
-        data = head[bom_length(head) :]
+        context.metadata["encoding"] = text.encoding
         tail = ""
-        while True:
-            final = not data
-            try:
-                text = decoder.decode(data, final=final)
-            except UnicodeDecodeError as exc:
-                context.warn(
-                    f"invalid {encoding} bytes past the first {len(head)} ({exc.reason}); "
-                    "replaced with U+FFFD"
-                )
-                decoder = codecs.getincrementaldecoder(encoding)("replace")
-                text = decoder.decode(data, final=final)
-            buffer, held = tail + text, ""
-            if not final and buffer.endswith("\r"):
-                buffer, held = buffer[:-1], "\r"  # its "\n" may be the next read's first byte
+        for piece in text:
+            buffer, held = tail + piece, ""
+            if buffer.endswith("\r"):
+                buffer, held = buffer[:-1], "\r"  # its "\n" may be the next piece's first character
             lines = _NEWLINE.split(buffer)
-            # The last piece is a line still being read (at the end: the last line, or "").
+            # The last piece is a line still being read.
             tail = lines.pop() + held
             yield from lines
-            if final:
-                if tail:
-                    yield tail
-                return
-            data = stream.read(READ_BYTES)
+        if tail:
+            yield from _NEWLINE.split(tail.rstrip("\r")) if tail.endswith("\r") else [tail]
 
 
 def _section(cue: Cue) -> Section:

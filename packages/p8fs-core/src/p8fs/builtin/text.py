@@ -8,14 +8,13 @@ their metadata.
 
 from __future__ import annotations
 
-import codecs
 import re
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from p8fs import hookimpl
 from p8fs.chunking import SECTION_SEPARATOR
-from p8fs.encoding import bom_length, detect_encoding
+from p8fs.encoding import TextStream
 from p8fs.providers import ContentProvider, ExtractContext, Section, Source, open_binary
 
 #: Read size; sections are emitted once this much text is buffered (at the next blank line).
@@ -58,33 +57,12 @@ class TextProvider(ContentProvider):
             yield from self._sections(stream, context, markdown)
 
     def _sections(self, stream: BinaryIO, context: ExtractContext, markdown: bool) -> Iterator[Section]:
-        head = stream.read(WHOLE_FILE_DETECTION_BYTES + 1)
-        complete = len(head) <= WHOLE_FILE_DETECTION_BYTES
-        encoding = detect_encoding(head, complete=complete)
-        context.metadata["encoding"] = encoding
-        decoder = codecs.getincrementaldecoder(encoding)("strict")
+        text = TextStream(stream, context.warn, detect_bytes=WHOLE_FILE_DETECTION_BYTES, read_bytes=READ_BYTES)
+        context.metadata["encoding"] = text.encoding
         splitter = _MarkdownSplitter() if markdown else _ParagraphSplitter()
-
-        def decode(data: bytes, final: bool) -> str:
-            nonlocal decoder
-            try:
-                return decoder.decode(data, final=final)
-            except UnicodeDecodeError as exc:
-                # Only possible past the inspected head: keep going, but say so honestly.
-                context.warn(f"invalid {encoding} bytes after the first {len(head)} bytes ({exc.reason}); "
-                             "undecodable bytes replaced with U+FFFD")
-                decoder = codecs.getincrementaldecoder(encoding)("replace")
-                return decoder.decode(data, final=final)
-
-        pending = head[bom_length(head):]
-        while True:
-            text = decode(pending, final=False)
-            yield from splitter.feed(text)
+        for piece in text:
+            yield from splitter.feed(piece)
             context.check_deadline()
-            pending = stream.read(READ_BYTES)
-            if not pending:
-                break
-        yield from splitter.feed(decode(b"", final=True))
         yield from splitter.close()
 
 
