@@ -54,11 +54,13 @@ async def soak(args: argparse.Namespace, database: object, weed: object, work: P
     deadline = time.monotonic() + args.minutes * 60
     rounds = 0
     try:
-        await scenario.start()
+        items = plan(args.events, rounds, good, poison)
+        await asyncio.gather(scenario.start(), scenario.upload(items))
         while rounds == 0 or time.monotonic() < deadline:
-            items = plan(args.events, rounds, good, poison)
             started = time.monotonic()
-            await scenario.upload(items)
+            if rounds:
+                items = plan(args.events, rounds, good, poison)
+                await scenario.upload(items)
             await scenario.publish(items)
             if args.faults:
                 await scenario.inject_faults(

@@ -10,7 +10,9 @@ Everything here starts real programs on free loopback ports and cleans up after 
   port, with the same credentials and the same JetStream store (its messages must survive);
 * :class:`PausableProxy` -- a TCP proxy in front of the S3 port; ``pause()`` refuses new
   connections and cuts the open ones, which is deterministic where killing ``weed`` is not
-  (it takes seconds to come back, and not always on the same volume);
+  (it takes seconds to come back, and not always on the same volume); with
+  :class:`DropJetStreamAcks` as its filter, in front of NATS, it lets everything through but a
+  client's acknowledgements (a process that "dies between publish and ack", every time);
 * :class:`RunnerProcess` -- ``python -m p8fs_runner router|worker --tier T`` as a child process
   with its own metrics port, so a test can see that it holds a file (``p8fs_in_flight``) before
   it SIGKILLs it.
@@ -28,7 +30,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -577,17 +578,6 @@ class RunnerProcess:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return "(no log)"
-
-
-def wait_port_closed(port: int, timeout: float = 10) -> None:
-    """Until nothing listens on ``port`` (a stopped server has really gone)."""
-
-    def closed() -> bool:
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            return s.connect_ex(("127.0.0.1", port)) != 0
-
-    _wait_for(closed, timeout=timeout, what=f"port {port} closed")
 
 
 def runner_env(

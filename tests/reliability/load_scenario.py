@@ -158,9 +158,11 @@ def plan(n: int, round_no: int, good: list[Template], poison: list[Template]) ->
     for i in range(n):
         tier = TIER_PATTERN[i % len(TIER_PATTERN)]
         if i % POISON_EVERY == 5:
-            k = i // POISON_EVERY  # the k-th poison file; shifted every lap of the tier
-            template = poison[(k + k // len(TIER_PATTERN)) % len(poison)]  # pattern, so every
-        else:  # tier gets every kind of poison
+            # The k-th poison file. Its kind shifts by one every lap of the tier pattern;
+            # without the shift each tier would only ever see the same one or two kinds.
+            k = i // POISON_EVERY
+            template = poison[(k + k // len(TIER_PATTERN)) % len(poison)]
+        else:
             template = weighted[i % len(weighted)]
         sizes = DECLARED_SIZES[tier]
         declared = sizes[per_tier[tier] % len(sizes)]
@@ -267,6 +269,8 @@ class Report:
     dead_letters: int
     jobs_rows: int
     redeliveries: int
+    #: Messages still in a stream, pending or waiting for an ack (main stream and tiers).
+    pending: int
     faults: Faults
     lost: list[str]
     duplicated: list[str]
@@ -281,7 +285,8 @@ class Report:
     @property
     def ok(self) -> bool:
         return not (
-            self.lost
+            self.pending
+            or self.lost
             or self.duplicated
             or self.wrong
             or self.missing_errors
@@ -305,6 +310,7 @@ class Report:
             f"dead-lettered         {self.dead_letters:>8,}",
             f"jobs rows             {self.jobs_rows:>8,}",
             f"redeliveries          {self.redeliveries:>8,}",
+            f"left in the queues    {self.pending:>8,}",
             f"faults injected       {f.total:>8,}  ({f.worker_kills} worker SIGKILLs, "
             f"{f.nats_restarts} nats-server restarts, {f.database_stops} database stops, "
             f"{f.s3_outages} S3 outages)",
@@ -384,10 +390,15 @@ class LoadScenario:
         import nats
 
         assert self.nats is not None
+
+        async def quiet(exc: Exception) -> None:
+            """Refused reconnects during the broker restart are expected, not news."""
+
         self.nc = await nats.connect(
             **self.nats.server.connect_options(),
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.2,
+            error_cb=quiet,
         )
         self.js = self.nc.jetstream()
 
@@ -628,6 +639,11 @@ class LoadScenario:
                     )
                 ).scalar_one()
         letters = await list_dead_letters(self.js)
+        pending = 0
+        for spec in (tiers.ROUTER, *tiers.TIERS.values()):
+            info = await self.js.consumer_info(spec.stream, spec.durable)
+            pending += info.num_pending + info.num_ack_pending
+            pending += (await self.js.stream_info(spec.stream)).state.messages
 
         by_uri = Counter(row.uri for row in files)
         files_by_id = {row.id: row for row in files}
@@ -703,6 +719,7 @@ class LoadScenario:
             dead_letters=len(letters),
             jobs_rows=len(jobs),
             redeliveries=redeliveries,
+            pending=pending,
             faults=self.faults,
             lost=lost,
             duplicated=duplicated,

@@ -12,6 +12,7 @@ stopped for ten seconds in the middle of the run.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,8 @@ async def _run(database: Any, seaweedfs: Any, tmp_path: Path, events: int) -> No
     items = plan(events, 0, good, poison)
     scenario = LoadScenario(database=database, seaweedfs=seaweedfs, work_dir=tmp_path / "run")
     try:
-        await scenario.start()
-        await scenario.upload(items)
+        # The processes start while the objects upload: neither needs the other.
+        await asyncio.gather(scenario.start(), scenario.upload(items))
         await scenario.publish(items)
         await scenario.inject_faults(len(items))
         await scenario.wait_settled(limit=120)
@@ -53,6 +54,7 @@ async def _run(database: Any, seaweedfs: Any, tmp_path: Path, events: int) -> No
     assert not report.unexpected_dead_letters, (
         f"good files dead-lettered: {report.unexpected_dead_letters[:5]}"
     )
+    assert report.pending == 0, "messages left in a stream or waiting for an ack"
     assert report.files_rows == report.good
     assert report.dead_letters == report.poison
     assert report.jobs_rows == report.events
