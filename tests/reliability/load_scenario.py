@@ -693,10 +693,16 @@ class LoadScenario:
         end_to_end: list[float] = []
         processing: list[float] = []
         statuses: Counter[str] = Counter()
+        unsettled: list[str] = []
         for status, payload, created_at, updated_at in jobs:
             payload = payload if isinstance(payload, dict) else json.loads(payload or "{}")
             redeliveries += max(0, int(payload.get("delivery", 1)) - 1)
             statuses[str(status)] += 1
+            if str(status) not in ("DONE", "FAILED"):
+                unsettled.append(
+                    f"{payload.get('uri')} {status} delivery {payload.get('delivery')} "
+                    f"{_utc(created_at).time()}..{_utc(updated_at).time()}"
+                )
             if str(status) == "DONE":
                 uri = payload.get("uri")
                 done = _utc(updated_at)
@@ -707,7 +713,7 @@ class LoadScenario:
                 processing.append((done - _utc(created_at)).total_seconds())
         # One jobs row per event: good ones DONE, poison ones FAILED.
         if statuses != Counter({"DONE": len(good), "FAILED": len(poison)}):
-            wrong.append(f"jobs statuses {dict(statuses)}")
+            wrong.append(f"jobs statuses {dict(statuses)}: {unsettled[:5]}")
 
         return Report(
             events=len(planned),
