@@ -379,12 +379,12 @@ class LoadScenario:
         )
         await self._connect()
         await self._make_buckets()
-        self._spawn("router", ["router"])
-        await self._until(self._topology_exists, limit=60, what="the router's topology")
+        self.spawn("router", ["router"])
+        await self.until(self._topology_exists, limit=60, what="the router's topology")
         for tier in tiers.TIERS:
             for _ in range(self.workers_per_tier):
-                self._spawn(tier, ["worker", "--tier", tier, "--grace", "2"])
-        await self._until(self._all_ready, limit=90, what="every runner process to be ready")
+                self.spawn(tier, ["worker", "--tier", tier, "--grace", "2"])
+        await self.until(self._all_ready, limit=90, what="every runner process to be ready")
 
     async def _connect(self) -> None:
         import nats
@@ -410,10 +410,11 @@ class LoadScenario:
             if not await asyncio.to_thread(fs.exists, tenant):
                 await asyncio.to_thread(fs.mkdir, tenant)
 
-    def _spawn(self, role: str, args: list[str]) -> RunnerProcess:
+    def spawn(self, role: str, args: list[str], env: dict[str, str] | None = None) -> RunnerProcess:
+        """Start ``python -m p8fs_runner ARGS`` with the scenario's environment (+ ``env``)."""
         self._spawned += 1
         name = f"{role}-{self._spawned}"
-        process = RunnerProcess(name, args, self.env, self.work_dir)
+        process = RunnerProcess(name, args, {**self.env, **(env or {})}, self.work_dir)
         self.processes[name] = process
         return process
 
@@ -431,7 +432,7 @@ class LoadScenario:
         )
         return all(checks)
 
-    async def _until(
+    async def until(
         self, predicate: Callable[[], Awaitable[bool]], *, limit: float, what: str
     ) -> None:
         deadline = time.monotonic() + limit
@@ -481,6 +482,21 @@ class LoadScenario:
         left = await self.remaining()
         return 0.0 if left is None else 1 - left / of
 
+    async def settled_jobs(self) -> int:
+        """``jobs`` rows of this scenario's tenants that are DONE or FAILED."""
+        from sqlalchemy import func, select
+
+        from p8fs.database import Database, schema
+
+        jobs = schema.jobs
+        async with Database(self.database.url) as db, db.engine.connect() as conn:
+            query = (
+                select(func.count())
+                .select_from(jobs)
+                .where(jobs.c.tenant_id.in_(TENANTS), jobs.c.status.in_(("DONE", "FAILED")))
+            )
+            return int((await conn.execute(query)).scalar_one())
+
     # -- faults -----------------------------------------------------------------------------
     async def kill_busy_worker(self, prefer: str, *, of: int) -> str:
         """SIGKILL a worker whose ``/metrics`` reports a file in progress (``prefer``'s tier
@@ -503,7 +519,7 @@ class LoadScenario:
         tier = victim.args[2]
         self.faults.worker_kills += 1
         self.faults.note(f"SIGKILL {victim.name} ({tier}, mid-file)", progress)
-        self._spawn(tier, ["worker", "--tier", tier, "--grace", "2"])
+        self.spawn(tier, ["worker", "--tier", tier, "--grace", "2"])
         return victim.name
 
     async def restart_nats(self, *, of: int) -> None:
@@ -549,7 +565,7 @@ class LoadScenario:
                 self._check_alive()
                 return await self.progress(of) >= mark
 
-            await self._until(passed, limit=120, what=f"{mark:.0%} of the round settled")
+            await self.until(passed, limit=120, what=f"{mark:.0%} of the round settled")
             left = await self.remaining()
             assert left, "the round finished before a fault could be injected"
             await fault()
@@ -576,7 +592,7 @@ class LoadScenario:
                 return False
             return True
 
-        await self._until(settled, limit=limit, what="every queue to drain")
+        await self.until(settled, limit=limit, what="every queue to drain")
 
     # -- verification -----------------------------------------------------------------------
     async def verify(self, refs: dict[str, Reference]) -> Report:
