@@ -73,6 +73,8 @@ async def _run(database: Any, seaweedfs: Any, tmp_path: Path, events: int) -> No
     assert report.redeliveries > 0
 
 
+@pytest.mark.slow
+@pytest.mark.postgresql
 @pytest.mark.timeout(300)
 async def test_a_burst_survives_kills_and_outages_on_postgresql(
     seaweedfs: Any, tmp_path: Path
@@ -81,6 +83,8 @@ async def test_a_burst_survives_kills_and_outages_on_postgresql(
         await _run(database, seaweedfs, tmp_path, events=3000)
 
 
+@pytest.mark.slow
+@pytest.mark.mariadb
 @pytest.mark.timeout(200)
 async def test_a_smaller_burst_survives_kills_and_outages_on_mariadb(
     seaweedfs: Any, tmp_path: Path
@@ -89,6 +93,8 @@ async def test_a_smaller_burst_survives_kills_and_outages_on_mariadb(
         await _run(database, seaweedfs, tmp_path, events=800)
 
 
+@pytest.mark.slow
+@pytest.mark.postgresql
 @pytest.mark.timeout(120)
 async def test_a_worker_whose_acks_are_lost_after_the_commit_stores_each_file_once(
     seaweedfs: Any, pg_url: str, tmp_path: Path

@@ -92,7 +92,8 @@ def _routed_by(router: RunnerProcess) -> int:
     return sum(ast.literal_eval(match.group(1)).values())
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 async def test_a_router_killed_mid_routing_loses_and_duplicates_nothing(
     nats_server: Any, tmp_path: Path
 ) -> None:
