@@ -20,7 +20,6 @@ The boundaries, each crossed on purpose here:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -44,6 +43,7 @@ from p8fs_runner.topology import bind_consumer, ensure_topology
 from p8fs_runner.worker import Worker
 from tests.fixtures.llm import FakeLLMServer, RecordedRequest, corpus_moment_reply
 from tests.fixtures.servers import corpus_path
+from tests.runner.test_worker import run_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -83,19 +83,6 @@ async def js(runner_settings: RunnerSettings) -> AsyncIterator[Any]:
         await nc.close()
 
 
-async def run_worker_until(worker: Worker, sub: Any, done: Any, limit: float = 30.0) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(sub, stop, fetch_timeout=0.3))
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit
-    for _ in range(int(limit / 0.05)):
-        if done(worker) or loop.time() > end or task.done():
-            break
-        await asyncio.sleep(0.05)
-    stop.set()
-    await task
-
-
 async def test_a_worker_never_writes_across_tenants(
     js: Any,
     sqlite_database: Database,
@@ -133,7 +120,7 @@ async def test_a_worker_never_writes_across_tenants(
         js, FAST, processor, errors=sqlite_database.record_error, jobs=sqlite_database.upsert_job
     )
     sub = await bind_consumer(js, FAST)
-    await run_worker_until(worker, sub, lambda w: w.stats.dead_lettered + w.stats.acked >= 4)
+    await run_until(worker, sub, lambda w: w.stats.dead_lettered + w.stats.acked >= 4)
     assert (worker.stats.acked, worker.stats.dead_lettered) == (1, 3), worker.stats.failures
 
     # B: not one row anywhere, and B's text in no row of any tenant.
