@@ -50,6 +50,7 @@ from p8fs.providers import (
     ExtractContext,
     Section,
     Source,
+    open_binary,
     source_name,
     source_path,
 )
@@ -202,25 +203,9 @@ class OfficeProvider(ContentProvider):
 # -- reading the source --------------------------------------------------------------------------
 
 
-def _open(source: Source) -> tuple[BinaryIO, bool]:
-    """A binary stream positioned at the start, and whether we opened it (and must close it)."""
-    path = source_path(source)
-    if path is not None:
-        return open(path, "rb"), True
-    stream: BinaryIO = source  # type: ignore[assignment]
-    stream.seek(0)
-    return stream, False
-
-
 def _read_all(source: Source) -> bytes:
-    stream, owned = _open(source)
-    try:
+    with open_binary(source) as stream:
         return stream.read()
-    finally:
-        if owned:
-            stream.close()
-        else:
-            stream.seek(0)
 
 
 def _size(source: Source) -> int:
@@ -258,8 +243,7 @@ def _decrypt_if_protected(
     """
     if fmt.key not in _OOXML:
         return source
-    stream, owned = _open(source)
-    try:
+    with open_binary(source) as stream:
         if not stream.read(8).startswith(_OLE_MAGIC) or not _contains(stream, _ENCRYPTED_PACKAGE):
             return source
         password = context.options.get("password")
@@ -294,11 +278,6 @@ def _decrypt_if_protected(
         context.metadata["decrypted"] = True
         decrypted.seek(0)
         return decrypted
-    finally:
-        if owned:
-            stream.close()
-        else:
-            stream.seek(0)
 
 
 def _check_container(source: Source, fmt: OfficeFormat, name: str, context: ExtractContext) -> bool:
@@ -314,8 +293,7 @@ def _check_container(source: Source, fmt: OfficeFormat, name: str, context: Extr
         if fmt.textual:
             return False
         raise EmptyDocument(f"{name} is empty (0 bytes), so it is not a valid {fmt.label} file")
-    stream, owned = _open(source)
-    try:
+    with open_binary(source) as stream:
         head = stream.read(8)
         if head.startswith(_OLE_MAGIC) and fmt.key in _OOXML | {"odt"}:
             raise UnsupportedContent(
@@ -327,11 +305,6 @@ def _check_container(source: Source, fmt: OfficeFormat, name: str, context: Extr
         if fmt.zipped:
             stream.seek(0)
             _check_zip(stream, fmt, name, context)
-    finally:
-        if owned:
-            stream.close()
-        else:
-            stream.seek(0)
     return True
 
 
@@ -612,17 +585,12 @@ def decode_html(data: bytes) -> str:
 def _email_header_section(source: Source, context: ExtractContext) -> Section | None:
     """Subject, sender, recipients and date as the message's first section (they are content:
     people search for them) and in the document metadata."""
-    stream, owned = _open(source)
-    try:
-        headers = BytesHeaderParser(policy=default_email_policy).parse(stream)
-    except Exception as exc:  # the partitioner will report a truly broken message
-        context.warn(f"could not parse the e-mail headers: {exc}")
-        return None
-    finally:
-        if owned:
-            stream.close()
-        else:
-            stream.seek(0)
+    with open_binary(source) as stream:
+        try:
+            headers = BytesHeaderParser(policy=default_email_policy).parse(stream)
+        except Exception as exc:  # the partitioner will report a truly broken message
+            context.warn(f"could not parse the e-mail headers: {exc}")
+            return None
     lines: list[str] = []
     for field_name, key in (
         ("Subject", "subject"),
