@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,92 @@ async def test_errors_name_the_object_not_its_temporary_copy(
     assert uri in str(caught.value) and "p8fs-" not in str(caught.value)
     (row,) = await sqlite_database.list_errors(s3_bucket)
     assert uri in row.message and "/tmp" not in row.message
+
+
+async def test_afetch_reads_an_object_with_one_streamed_get(
+    seaweedfs: Any, s3fs_filesystem: Any, s3_bucket: str
+) -> None:
+    from p8fs.storage import aclose_filesystems, afetch, async_s3_filesystem
+
+    data = corpus_path("pdf/spf_minimal-document.pdf").read_bytes()
+    s3fs_filesystem.pipe(f"{s3_bucket}/docs/min.pdf", data)
+    uri = f"s3://{s3_bucket}/docs/min.pdf"
+    options = seaweedfs.storage_options()
+    fs = await async_s3_filesystem(options)
+    calls: list[str] = []
+    original = fs._call_s3
+
+    async def counting(method: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(method)
+        return await original(method, *args, **kwargs)
+
+    fs._call_s3 = counting
+    try:
+        source = await afetch(uri, storage_options=options)
+        try:
+            assert source.uri == uri and source.name == "min.pdf" and source.temporary
+            assert source.local_path.read_bytes() == data and source.size == len(data)
+            assert source.content_hash == hashlib.sha256(data).hexdigest()
+            assert source.head == data[: len(source.head)] and source.head
+        finally:
+            source.release()
+        assert not source.local_path.exists()
+        assert calls == ["get_object"], "one GET per object: no HEAD before it"
+        assert await async_s3_filesystem(options) is fs, "the client is reused on the loop"
+
+        with pytest.raises(SourceNotFound):
+            await afetch(f"s3://{s3_bucket}/docs/nope.pdf", storage_options=options)
+        with pytest.raises(LimitExceeded, match="P8FS_MAX_FILE_BYTES"):
+            await afetch(uri, storage_options=options, max_bytes=100)
+        with pytest.raises(InvalidPath, match="directory"):
+            await afetch(f"s3://{s3_bucket}/docs", storage_options=options)
+        with pytest.raises(InvalidPath, match=r"'\.\.'"):
+            await afetch(f"s3://{s3_bucket}/docs/../x.pdf", storage_options=options)
+    finally:
+        await aclose_filesystems()
+    assert await async_s3_filesystem(options) is not fs, "closed filesystems are forgotten"
+    await aclose_filesystems()
+
+
+async def test_afetch_over_the_limit_reads_no_body(
+    seaweedfs: Any, s3fs_filesystem: Any, s3_bucket: str, tmp_path: Path
+) -> None:
+    """The size check happens on the response headers: nothing is written for a refused object."""
+    from p8fs.storage import aclose_filesystems, afetch
+
+    data = os.urandom(3 << 20)  # several read blocks
+    s3fs_filesystem.pipe(f"{s3_bucket}/big.bin", data)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    uri = f"s3://{s3_bucket}/big.bin"
+    try:
+        with pytest.raises(LimitExceeded):
+            await afetch(uri, storage_options=seaweedfs.storage_options(), max_bytes=1 << 20, tmp_dir=spool)
+        assert list(spool.iterdir()) == []
+        source = await afetch(uri, storage_options=seaweedfs.storage_options(), tmp_dir=spool)
+        assert source.size == len(data) and source.content_hash == hashlib.sha256(data).hexdigest()
+        assert source.local_path.read_bytes() == data
+        source.release()
+    finally:
+        await aclose_filesystems()
+    assert list(spool.iterdir()) == []
+
+
+async def test_afetch_local_files_and_a_dead_endpoint(tmp_path: Path, s3_bucket: str) -> None:
+    from p8fs.storage import aclose_filesystems, afetch
+    from tests.fixtures.servers import free_port
+
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"hello")
+    source = await afetch(str(path))
+    assert source.local_path == path.resolve() and not source.temporary and source.size == 5
+    with pytest.raises(SourceNotFound):
+        await afetch(str(tmp_path / "missing.txt"))
+
+    options = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{free_port()}"},
+               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}}
+    try:
+        with pytest.raises(TransientError, match="could not read"):
+            await afetch(f"s3://{s3_bucket}/x.txt", storage_options=options)
+    finally:
+        await aclose_filesystems()

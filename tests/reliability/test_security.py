@@ -264,9 +264,9 @@ async def _in_process(stage: Stage, files: dict[str, bytes]) -> None:
     # What a worker does before its first message (first-use imports would otherwise stall the
     # loop past the 1 s ack wait): S3 client, tokenizer, plugins, and the PDF provider.
     from p8fs.storage import storage_options_from_settings
-    from p8fs_runner.runtime import _warm_up
+    from p8fs_runner.runtime import warm_up
 
-    await asyncio.to_thread(_warm_up, storage_options_from_settings(good), good.token_encoding)
+    await warm_up(storage_options_from_settings(good), good.token_encoding)
     await asyncio.to_thread(importlib.import_module, "pypdfium2")
     db = Database(stage.sqlite_url)
     await db.init_schema()

@@ -45,13 +45,11 @@ def _test_providers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 async def js(runner_settings: RunnerSettings) -> AsyncIterator[Any]:
     from p8fs.storage import storage_options_from_settings
     from p8fs_runner.connection import connect_nats
-    from p8fs_runner.runtime import _warm_up
+    from p8fs_runner.runtime import warm_up
 
     # What serve_worker does before its first message: pay the S3 client's and the plugins'
     # first-use costs up front, so they cannot stall the loop past the tests' 2 s ack wait.
-    await asyncio.to_thread(
-        _warm_up, storage_options_from_settings(runner_settings), runner_settings.token_encoding
-    )
+    await warm_up(storage_options_from_settings(runner_settings), runner_settings.token_encoding)
     nc = await connect_nats(runner_settings)
     try:
         await ensure_topology(nc.jetstream(), (tiers.ROUTER, FAST_SMALL, tiers.TEST))

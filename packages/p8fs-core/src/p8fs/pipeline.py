@@ -35,7 +35,13 @@ from p8fs.errors import (
 from p8fs.models import ErrorRecord, FileRecord, Job, JobStatus, Resource, utcnow
 from p8fs.providers import ContentProvider, ExtractContext
 from p8fs.sniff import GENERIC_MIME_TYPES, extension_of, is_textual, sniff_mime
-from p8fs.storage import SourceFile, fetch, normalize_uri, storage_options_from_settings
+from p8fs.storage import (
+    SourceFile,
+    aclose_filesystems,
+    afetch,
+    normalize_uri,
+    storage_options_from_settings,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from p8fs.chunking import Chunk
@@ -147,9 +153,8 @@ async def aingest(
         await _ensure_schema(database)
         if storage_options is None and "://" in normalized:
             storage_options = storage_options_from_settings(settings)
-        # Hashing (and, for object storage, downloading) is blocking I/O: keep it off the loop.
-        source = await asyncio.to_thread(
-            fetch, normalized, storage_options=storage_options, max_bytes=settings.max_file_bytes
+        source = await afetch(
+            normalized, storage_options=storage_options, max_bytes=settings.max_file_bytes
         )
         try:
             result = await _ingest_source(
@@ -184,7 +189,14 @@ async def aingest(
 
 def ingest(uri: str, tenant_id: str, **kwargs: Any) -> IngestResult:
     """Blocking :func:`aingest`, for scripts (inside a running loop use ``await aingest``)."""
-    return asyncio.run(aingest(uri, tenant_id, **kwargs))
+
+    async def run() -> IngestResult:
+        try:
+            return await aingest(uri, tenant_id, **kwargs)
+        finally:
+            await aclose_filesystems()
+
+    return asyncio.run(run())
 
 
 async def _ingest_source(

@@ -223,10 +223,17 @@ async def serve_router(
         await database.dispose()
 
 
-def _warm_up(storage_options: dict[str, Any], encoding: str | None = None) -> None:
-    """Build the provider registry, the tokenizer and the cached S3 filesystem the pipeline
-    reuses. Built on first use instead, they hold the GIL for seconds (the tokenizer's
-    vocabulary) while a file is in progress, starving the loop's heartbeats (measured: 2.4 s)."""
+async def warm_up(storage_options: dict[str, Any], encoding: str | None = None) -> None:
+    """Pay a worker's first-use costs before its first message: plugins and the tokenizer (in
+    a thread), then the S3 client :func:`~p8fs.storage.afetch` reuses on this loop."""
+    await asyncio.to_thread(_warm_up_sync, encoding)
+    await _warm_up_s3(storage_options)
+
+
+def _warm_up_sync(encoding: str | None = None) -> None:
+    """Build the provider registry and the tokenizer the pipeline reuses. Built on first use
+    instead, they hold the GIL for seconds (the tokenizer's vocabulary) while a file is in
+    progress, starving the loop's heartbeats (measured: 2.4 s)."""
     from p8fs.plugins import get_registry
 
     get_registry()
@@ -234,13 +241,14 @@ def _warm_up(storage_options: dict[str, Any], encoding: str | None = None) -> No
         from p8fs.tokens import get_tokenizer
 
         get_tokenizer(encoding)
-    try:
-        import fsspec
 
-        fs, _ = fsspec.core.url_to_fs("s3://p8fs-warm-up", **storage_options)
-        connect = getattr(fs, "connect", None)
-        if callable(connect):
-            connect()
+
+async def _warm_up_s3(storage_options: dict[str, Any]) -> None:
+    """Set up the S3 client the pipeline's :func:`~p8fs.storage.afetch` reuses on this loop."""
+    from p8fs.storage import async_s3_filesystem
+
+    try:
+        await async_s3_filesystem(storage_options)
     except Exception as exc:  # the first real read reports S3 problems properly
         log.debug("S3 warm-up failed: %s", exc)
 
@@ -279,9 +287,9 @@ async def serve_worker(
             nonlocal processor
             db = await database.get()
             processor = PipelineProcessor(db, settings, process=process_name, options=options)
-            # Plugin loading and the S3 client's set-up are slow, synchronous first-use costs;
-            # paid here in a thread, they cannot stall the loop (and its heartbeats) later.
-            await asyncio.to_thread(_warm_up, processor.storage_options, settings.token_encoding)
+            # Plugin loading and the S3 client's set-up are slow first-use costs; paid here,
+            # they cannot stall the loop (and its heartbeats) while a file is in progress.
+            await warm_up(processor.storage_options, settings.token_encoding)
 
         async def process(event: Any, job: Any = None) -> dict[str, Any]:
             assert processor is not None, "ready() runs before the first message"
@@ -301,5 +309,8 @@ async def serve_worker(
                 sub, stop, fetch_timeout=fetch_timeout, max_messages=max_messages, ready=ready
             )
     finally:
+        from p8fs.storage import aclose_filesystems
+
         await _close(nc)
         await database.dispose()
+        await aclose_filesystems()
