@@ -248,6 +248,35 @@ async def test_jobs_round_trip(database: Database) -> None:
     assert [j.id for j in await database.list_jobs(tenant_id=TENANT)] == [job.id, other.id]
 
 
+async def test_a_finished_job_is_never_reopened(database: Database) -> None:
+    """DONE/COMPLETED/FAILED stay; a late RUNNING or PENDING (a redelivery) changes nothing."""
+    job = Job(tenant_id=TENANT, job_type="file_processing", status=JobStatus.PENDING)
+    await database.upsert_job(job)
+    running = job.model_copy(update={"status": JobStatus.RUNNING, "payload": {"delivery": 1}})
+    await database.upsert_job(running)
+    assert await database.get_job(TENANT, job.id) == running  # unfinished -> anything: applied
+    done = job.model_copy(update={"status": JobStatus.DONE, "result": {"chunks": 2}})
+    await database.upsert_job(done)
+    for late in (JobStatus.RUNNING, JobStatus.PENDING, JobStatus.SUBMITTED):
+        await database.upsert_job(
+            job.model_copy(update={"status": late, "result": None, "error": "late", "payload": {"delivery": 2}})
+        )
+        assert await database.get_job(TENANT, job.id) == done, late
+    # One final status may replace another (a retry that succeeded after all).
+    failed = job.model_copy(update={"status": JobStatus.FAILED, "error": "corrupt"})
+    await database.upsert_job(failed)
+    assert await database.get_job(TENANT, job.id) == failed
+    again = job.model_copy(update={"status": JobStatus.DONE, "error": None, "result": {"chunks": 1}})
+    await database.upsert_job(again)
+    assert await database.get_job(TENANT, job.id) == again
+    # The same rule inside a file's transaction (the pipeline commits DONE with the file).
+    file = FileRecord(tenant_id=TENANT, uri="/a.txt", name="a.txt", file_size=1, content_hash="h")
+    await database.store_file_stream(
+        file, [], job=lambda record: job.model_copy(update={"status": JobStatus.RUNNING})
+    )
+    assert await database.get_job(TENANT, job.id) == again
+
+
 async def test_naive_datetimes_are_taken_as_utc(database: Database) -> None:
     job = Job(tenant_id=TENANT, job_type="x", queued_at=datetime(2024, 3, 1, 9, 30))
     await database.upsert_job(job)

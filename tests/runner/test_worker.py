@@ -121,6 +121,49 @@ async def test_a_file_is_processed_and_acked_after_the_commit(
     assert await stored(js, FAST_SMALL.stream, 0) == 0
 
 
+async def test_running_is_written_only_for_a_file_still_in_progress(
+    js: Any,
+    sqlite_database: Database,
+    runner_settings: RunnerSettings,
+    s3_bucket: str,
+    s3fs_filesystem: Any,
+) -> None:
+    """A quick file costs no job write of its own (DONE rides in the file's transaction); a
+    slow one shows RUNNING while it is processed, then DONE."""
+    writes: list[tuple[str, str]] = []
+
+    async def sink(job: Any) -> None:
+        writes.append((job.payload["uri"].rsplit("/", 1)[-1], job.status.value))
+        await sqlite_database.upsert_job(job)
+
+    processor = PipelineProcessor(sqlite_database, runner_settings, process="storage-worker-small")
+    quick, slow = b"a quick file", b"sleep=2\na slow file"
+    put(s3fs_filesystem, s3_bucket, "quick.txt", quick)
+    put(s3fs_filesystem, s3_bucket, "slow.slow", slow)
+    await publish(js, s3_bucket, "quick.txt", len(quick))
+    await publish(js, s3_bucket, "slow.slow", len(slow))
+    worker = Worker(js, FAST_SMALL, processor, errors=sqlite_database.record_error, jobs=sink,
+                    running_after=0.5)
+    sub = await bind_consumer(js, FAST_SMALL)
+    seen_running: list[str] = []
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(sub, stop, fetch_timeout=0.3))
+    for _ in range(400):
+        if worker.stats.acked >= 2:
+            break
+        seen_running += [j.payload["uri"] for j in await sqlite_database.list_jobs(tenant_id=s3_bucket)
+                         if j.status == JobStatus.RUNNING]
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
+
+    assert worker.stats.acked == 2
+    assert writes == [("slow.slow", "RUNNING")], "only the slow file is marked; DONE commits with the rows"
+    assert set(seen_running) == {f"s3://{s3_bucket}/slow.slow"}
+    jobs = await sqlite_database.list_jobs(tenant_id=s3_bucket)
+    assert sorted(j.status.value for j in jobs) == ["DONE", "DONE"]
+
+
 async def test_a_slow_file_is_kept_past_its_ack_wait_by_heartbeats_and_processed_once(
     js: Any,
     sqlite_database: Database,

@@ -96,22 +96,15 @@ class LazyDatabase:
         await (await self.get()).record_error(record)
 
     async def upsert_job(self, job: Any) -> None:
-        """Write a ``jobs`` row, except that a redelivery never turns DONE/FAILED back.
+        """Write a ``jobs`` row. A redelivery never turns DONE/FAILED back: the database's
+        job upsert refuses to reopen a finished job, in the statement itself.
 
-        A delivery that finished (rows and DONE committed) can have its ack land late, after
-        a broker restart, when the message was already handed out again: that second delivery
-        writes RUNNING, then maybe PENDING, and the late ack removes the message, so nothing
-        would ever write DONE again (found by tests/reliability/test_load_faults.py).
+        (A delivery that finished can have its ack land late, after a broker restart, when the
+        message was already handed out again: that second delivery may write RUNNING or
+        PENDING, and the late ack removes the message, so nothing would write DONE again;
+        found by tests/reliability/test_load_faults.py.)
         """
-        from p8fs.models import JobStatus
-
-        db = await self.get()
-        final = (JobStatus.DONE, JobStatus.FAILED)
-        if job.status not in final and int(job.payload.get("delivery") or 1) > 1:
-            current = await db.get_job(job.tenant_id, job.id)
-            if current is not None and current.status in final:
-                return
-        await db.upsert_job(job)
+        await (await self.get()).upsert_job(job)
 
     async def dispose(self) -> None:
         if self._db is not None:

@@ -2,7 +2,8 @@
 
 Settlement rules (the original system broke each of them):
 
-* **ack only after the database commit** (the pipeline's transaction, then the ``jobs`` row);
+* **ack only after the database commit** (the file's rows and its DONE ``jobs`` row, in one
+  transaction);
 * **heartbeat** every message this worker holds with ``in_progress()`` at a third of the ack
   wait, so a slow file is never handed to a second worker, whatever its size;
 * **transient** failure (database, S3, broker): ``nak`` with the tier's growing delay, so a
@@ -50,6 +51,10 @@ JOB_TYPE = "file_processing"
 BROKER_RETRY = 0.5
 #: Seconds between attempts of a set-up (``ready``) that failed transiently.
 SETUP_RETRY = 1.0
+#: A file still in progress after this many seconds gets its ``jobs`` row written RUNNING.
+#: Most files finish sooner, and a RUNNING row that lives for milliseconds costs a database
+#: write per file and tells nobody anything (like Celery's ``task_track_started``, off there).
+RUNNING_AFTER = 1.0
 
 
 class EventProcessor(Protocol):
@@ -109,6 +114,7 @@ class Worker:
         prefetch: int | None = None,
         grace: float = 25.0,
         process_name: str | None = None,
+        running_after: float = RUNNING_AFTER,
     ) -> None:
         self.js = js
         self.spec = spec
@@ -119,6 +125,7 @@ class Worker:
             (spec.batch if spec.concurrency < spec.batch else 0) if prefetch is None else prefetch
         )
         self.grace = grace
+        self.running_after = running_after
         self.process_name = process_name or f"storage-worker-{spec.name}"
         self.stats = WorkerStats()
         self._semaphore = asyncio.Semaphore(spec.concurrency)
@@ -280,18 +287,20 @@ class Worker:
         job = self._job(msg, event)
         started = time.monotonic()
         metrics.IN_FLIGHT.labels(tier).inc()
+        running = _RunningMark(self.jobs, job, self.running_after)
         try:
-            await self._save_job(job, "RUNNING")
             result = await self.processor(event, job if self.jobs is not None else None)
+            await running.settle()
             if not result.pop("job_done", False):
                 job.result = result
                 await self._save_job(job, "DONE")  # committed before the ack
         except asyncio.CancelledError:
             # Stop after the grace period: hand the file back to another worker now.
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._interrupted(msg, job))
+                await asyncio.shield(self._interrupted(msg, job, running))
             raise
         except Exception as exc:
+            await running.settle()
             metrics.SECONDS.labels(tier).observe(time.monotonic() - started)
             last = self.spec.is_last_delivery(md.num_delivered)
             self.stats.failures.append(
@@ -357,7 +366,8 @@ class Worker:
             }
         )
 
-    async def _interrupted(self, msg: Msg, job: Job) -> None:
+    async def _interrupted(self, msg: Msg, job: Job, running: _RunningMark) -> None:
+        await running.settle()
         await msg.nak()
         self.stats.interrupted += 1
         job.error = "interrupted by worker shutdown; handed back to the queue"
@@ -437,6 +447,44 @@ class Worker:
         metrics.DEAD_LETTERED.labels(self.spec.name).inc()
         self.stats.dead_lettered += 1
         log.error("dead-lettered %s: %s", event.uri if event else "invalid event", reason)
+
+
+class _RunningMark:
+    """Writes a job RUNNING once its file has been in progress for ``after`` seconds.
+
+    :meth:`settle` is awaited before the job's outcome is written: it cancels a mark not yet
+    due, or waits for one being written, so RUNNING is never committed after the outcome by
+    this worker (and the database refuses it over a finished status in any case).
+    """
+
+    def __init__(self, sink: JobSink | None, job: Job, after: float) -> None:
+        self._writing = False
+        self._task: asyncio.Task[None] | None = None
+        if sink is not None:
+            self._task = asyncio.create_task(self._mark(sink, job, after), name="p8fs-running")
+
+    async def _mark(self, sink: JobSink, job: Job, after: float) -> None:
+        from p8fs.models import JobStatus, utcnow
+
+        if after > 0:
+            await asyncio.sleep(after)
+        self._writing = True
+        # A copy: the pipeline may be turning ``job`` itself into DONE meanwhile.
+        mark = job.model_copy(update={"status": JobStatus.RUNNING, "updated_at": utcnow()})
+        try:
+            await sink(mark)
+        except Exception as exc:  # only a progress mark: the outcome is written regardless
+            log.warning("could not mark job %s RUNNING: %s", job.id, exc)
+
+    async def settle(self) -> None:
+        task = self._task
+        if task is None or task.done():
+            return
+        if not self._writing:
+            task.cancel()
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.shield(task)
 
 
 def _heals(exc: BaseException) -> bool:

@@ -12,6 +12,7 @@ violated constraint raises SQLAlchemy's own ``IntegrityError`` and rolls everyth
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Table, case, delete, event, func, insert, select
+from sqlalchemy import Table, and_, case, delete, event, func, insert, or_, select
 from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -34,7 +35,16 @@ from p8fs.database.errors import UnstorableText, classify, safe_url
 from p8fs.database.spool import RowSpool
 from p8fs.errors import ConfigurationError, InvalidPath, TransientError
 from p8fs.ids import uri_hash
-from p8fs.models import ErrorRecord, FileRecord, Job, JobStatus, Moment, Resource, Session
+from p8fs.models import (
+    FINAL_JOB_STATUSES,
+    ErrorRecord,
+    FileRecord,
+    Job,
+    JobStatus,
+    Moment,
+    Resource,
+    Session,
+)
 
 if TYPE_CHECKING:
     from p8fs.settings import Settings
@@ -442,6 +452,9 @@ class Database:
     # -- jobs -----------------------------------------------------------------------------
 
     async def upsert_job(self, job: Job) -> None:
+        """Insert or update a job, except that a finished job is never reopened: writing an
+        unfinished status (PENDING, RUNNING, ...) over DONE, COMPLETED or FAILED changes nothing.
+        """
         row = _to_row(job, schema.jobs)
 
         async def upsert(conn: AsyncConnection) -> None:
@@ -585,24 +598,47 @@ class Database:
     ) -> None:
         """INSERT … ON CONFLICT (tenant_id, id) DO UPDATE, or ON DUPLICATE KEY UPDATE on MySQL."""
         self._check_storable(table, rows)
-        key = {c.name for c in table.primary_key.columns}
-        columns = [c.name for c in table.columns if c.name not in key]
-        stmt: Any
-        if self.dialect == "mysql":
-            my = mysql_dialect.insert(table)
-            stmt = my.on_duplicate_key_update({name: my.inserted[name] for name in columns})
-        else:
-            ins = (pg_dialect if self.dialect == "postgresql" else sqlite_dialect).insert(table)
-            stmt = ins.on_conflict_do_update(
-                index_elements=[table.c[name] for name in sorted(key)],
-                set_={name: ins.excluded[name] for name in columns},
-            )
-        await conn.execute(stmt, rows)
+        await conn.execute(_upsert_statement(self.dialect, table), rows)
 
     async def _fetch(self, model: type[RecordT], stmt: Any) -> list[RecordT]:
         async with self._begin() as conn:
             rows = (await conn.execute(stmt)).all()
         return [_to_model(model, row) for row in rows]
+
+
+@functools.cache
+def _upsert_statement(dialect: str, table: Table) -> Any:
+    """The upsert for ``table`` on ``dialect``, built once: building it costs more than running
+    it (``excluded`` makes a proxy of every column), and reusing one statement object also lets
+    SQLAlchemy reuse its cache key and compiled form.
+
+    For ``jobs`` the update is conditional: a row in a final status (DONE, COMPLETED, FAILED) is
+    left as it is by a write of an unfinished one. Checked in the statement, not read first, so
+    two writers racing (a slow delivery's late RUNNING, a redelivery) cannot interleave.
+    """
+    key = {c.name for c in table.primary_key.columns}
+    columns = [c.name for c in table.columns if c.name not in key]
+    final = sorted(status.value for status in FINAL_JOB_STATUSES)
+    guarded = table is schema.jobs
+    if dialect == "mysql":
+        my = mysql_dialect.insert(table)
+        if not guarded:
+            return my.on_duplicate_key_update({name: my.inserted[name] for name in columns})
+        keep = and_(table.c.status.in_(final), my.inserted.status.not_in(final))
+        # MySQL applies the assignments in order, each seeing the ones before: status goes last,
+        # so every condition reads the row's old status.
+        ordered = sorted(columns, key=lambda name: name == "status")
+        return my.on_duplicate_key_update(
+            [(name, case((keep, table.c[name]), else_=my.inserted[name])) for name in ordered]
+        )
+    ins = (pg_dialect if dialect == "postgresql" else sqlite_dialect).insert(table)
+    return ins.on_conflict_do_update(
+        index_elements=[table.c[name] for name in sorted(key)],
+        set_={name: ins.excluded[name] for name in columns},
+        where=(
+            or_(table.c.status.not_in(final), ins.excluded.status.in_(final)) if guarded else None
+        ),
+    )
 
 
 def _to_row(record: BaseModel, table: Table) -> dict[str, Any]:

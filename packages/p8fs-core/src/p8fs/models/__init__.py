@@ -66,7 +66,9 @@ class JobStatus(StrEnum):
     """Life cycle of a ``jobs`` row.
 
     A file's processing goes PENDING → RUNNING → DONE | FAILED; an asynchronous agent job
-    (an LLM batch) goes PENDING → SUBMITTED → COMPLETED | FAILED.
+    (an LLM batch) goes PENDING → SUBMITTED → COMPLETED | FAILED. A finished status (see
+    :data:`FINAL_JOB_STATUSES`) is never overwritten by an unfinished one: the database refuses
+    it, so a late or repeated write (a redelivered message) cannot reopen a finished job.
     """
 
     PENDING = "PENDING"
@@ -75,6 +77,10 @@ class JobStatus(StrEnum):
     DONE = "DONE"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
+
+
+#: Statuses a job ends in; one of these is only ever replaced by another one of these.
+FINAL_JOB_STATUSES = frozenset({JobStatus.DONE, JobStatus.COMPLETED, JobStatus.FAILED})
 
 
 class Job(Record):
