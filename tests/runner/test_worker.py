@@ -121,6 +121,17 @@ async def test_a_file_is_processed_and_acked_after_the_commit(
     assert await stored(js, FAST_SMALL.stream, 0) == 0
 
 
+def test_a_long_running_worker_keeps_only_its_recent_outcomes() -> None:
+    from p8fs_runner.worker import RECENT_OUTCOMES, WorkerStats
+
+    stats = WorkerStats()
+    for i in range(RECENT_OUTCOMES + 5):
+        stats.results.append({"seq": i})
+        stats.failures.append({"seq": i})
+    assert len(stats.results) == len(stats.failures) == RECENT_OUTCOMES
+    assert stats.results[0]["seq"] == 5 and stats.results[-1]["seq"] == RECENT_OUTCOMES + 4
+
+
 async def test_running_is_written_only_for_a_file_still_in_progress(
     js: Any,
     sqlite_database: Database,

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import time
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -55,6 +56,8 @@ SETUP_RETRY = 1.0
 #: Most files finish sooner, and a RUNNING row that lives for milliseconds costs a database
 #: write per file and tells nobody anything (like Celery's ``task_track_started``, off there).
 RUNNING_AFTER = 1.0
+#: Outcomes (results, failures) a worker keeps for its caller: the most recent ones only.
+RECENT_OUTCOMES = 1000
 
 
 class EventProcessor(Protocol):
@@ -86,18 +89,26 @@ def job_id_for(msg: Msg) -> str:
     return stable_id("job", JOB_TYPE, source)
 
 
+def _recent() -> deque[dict[str, Any]]:
+    return deque(maxlen=RECENT_OUTCOMES)
+
+
 @dataclass
 class WorkerStats:
-    """What a worker did (returned by :meth:`Worker.run`, printed by the self-test)."""
+    """What a worker did (returned by :meth:`Worker.run`, printed by the self-test).
+
+    The counters cover the whole run; ``results`` and ``failures`` keep the latest
+    :data:`RECENT_OUTCOMES` entries only, so a worker that runs for weeks does not grow.
+    """
 
     acked: int = 0
     nakked: int = 0
     dead_lettered: int = 0
     ignored: int = 0
     interrupted: int = 0
-    results: list[dict[str, Any]] = field(default_factory=list)
+    results: deque[dict[str, Any]] = field(default_factory=_recent)
     #: One entry per failed delivery: uri, reason, code, permanent (dead-lettered) or not.
-    failures: list[dict[str, Any]] = field(default_factory=list)
+    failures: deque[dict[str, Any]] = field(default_factory=_recent)
 
 
 class Worker:
