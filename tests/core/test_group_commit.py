@@ -42,7 +42,8 @@ async def test_concurrent_stores_share_commits_and_all_land(sqlite_db: Database)
         nonlocal commits
         commits += 1
 
-    event.listen(sqlite_db.engine.sync_engine, "commit", count)
+    assert sqlite_db.sqlite_engine is not None, "a SQLite file runs on the sqlite3 driver in threads"
+    event.listen(sqlite_db.sqlite_engine, "commit", count)
     files = [_file("t", n) for n in range(40)]
     await asyncio.gather(*(sqlite_db.store_file_stream(f, r) for f, r in files))
     assert await sqlite_db.count("files", "t") == 40

@@ -4,6 +4,13 @@
 is scoped to a tenant wherever the table has one, so no call can read or overwrite another
 tenant's rows (the tenant also leads every primary key: even a colliding id stays separate).
 
+Every operation is a plain synchronous function of a SQLAlchemy ``Connection``, run in one
+transaction by :meth:`Database._run` (reads) or :meth:`Database._write` (writes). On PostgreSQL
+and TiDB that is ``AsyncConnection.run_sync`` over the async driver. On a SQLite file it is the
+standard ``sqlite3`` driver in a thread: one hop per transaction, where aiosqlite makes three
+or four per statement (measured: 2.4 ms of CPU per stored file instead of 7.7), and all writes
+go through one writer thread, so our own writers never wait on each other's lock.
+
 Failures are sorted for the queue (see :mod:`p8fs.database.errors`): a database that is down,
 locked or deadlocked raises :class:`~p8fs.errors.TransientError` so the message is retried; a
 violated constraint raises SQLAlchemy's own ``IntegrityError`` and rolls everything back.
@@ -14,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from enum import Enum
 from pathlib import Path
@@ -22,11 +30,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Table, and_, case, delete, event, func, insert, or_, select
+from sqlalchemy import Table, and_, case, create_engine, delete, event, func, insert, or_, select
 from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import URL, Row, make_url
+from sqlalchemy.engine import URL, Connection, Engine, Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import ColumnElement
 
@@ -50,8 +58,8 @@ if TYPE_CHECKING:
     from p8fs.settings import Settings
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
-#: One unit of writing, run inside a transaction the database layer opens.
-WriteOp = Callable[[AsyncConnection], Awaitable[Any]]
+#: One unit of work, run inside a transaction the database layer opens.
+Op = Callable[[Connection], Any]
 
 #: Most writes one group commit carries (each file's rows are spooled, so this bounds time).
 GROUP_COMMIT_MAX = 64
@@ -62,6 +70,9 @@ RESOURCE_BATCH_SIZE = 200
 
 #: SQLite waits this long for another writer's lock before giving up (milliseconds).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+#: Threads reading a SQLite file at once (WAL: readers never wait for the writer).
+SQLITE_READERS = 4
 
 #: URL backend names -> the dialect family this class speaks.
 _DIALECTS = {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
@@ -115,7 +126,7 @@ class Database:
         #: Coalesce concurrent writes into shared transactions (default: on for SQLite, whose
         #: writers queue for one lock anyway, so one commit for many files is pure gain).
         self.group_commit = dialect == "sqlite" if group_commit is None else group_commit
-        self._pending_writes: list[tuple[WriteOp, asyncio.Future[Any]]] = []
+        self._pending_writes: list[tuple[Op, asyncio.Future[Any]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._url: URL = parsed
         kwargs: dict[str, Any] = {"json_serializer": _json_dumps}
@@ -143,10 +154,23 @@ class Database:
                 f"the driver for {safe_url(parsed)} is not installed ({exc}); install "
                 "p8fs-core[postgresql] or p8fs-core[tidb]"
             ) from exc
+        #: The synchronous engine SQLite operations run on (in threads); ``None`` for server
+        #: databases and in-memory SQLite (a memory database is per connection: it stays on
+        #: the async engine's single connection).
+        self.sqlite_engine: Engine | None = None
+        self._sqlite_writer: ThreadPoolExecutor | None = None
+        self._sqlite_readers: ThreadPoolExecutor | None = None
         if dialect == "sqlite":
-            event.listen(
-                self.engine.sync_engine, "connect", _sqlite_pragmas(sqlite_busy_timeout_ms)
-            )
+            pragmas = _sqlite_pragmas(sqlite_busy_timeout_ms)
+            event.listen(self.engine.sync_engine, "connect", pragmas)
+            if parsed.database not in (None, "", ":memory:") and "mode=memory" not in url:
+                sync_kwargs = {k: v for k, v in kwargs.items() if k != "connect_args"}
+                if extra_connect_args:
+                    sync_kwargs["connect_args"] = extra_connect_args
+                self.sqlite_engine = create_engine(
+                    parsed.set(drivername="sqlite+pysqlite"), **sync_kwargs
+                )
+                event.listen(self.sqlite_engine, "connect", pragmas)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Database:
@@ -178,11 +202,14 @@ class Database:
         ``IF NOT EXISTS``, so what ``--plan`` shows is what is applied.
         """
         statements = schema.ddl_statements(self.engine.dialect)
+
+        def create(conn: Connection) -> None:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+
         for attempt in range(3):
             try:
-                async with self._begin() as conn:
-                    for statement in statements:
-                        await conn.exec_driver_sql(statement)
+                await self._write(create)
                 return
             except Exception as exc:
                 # Two processes initialising at once can both pass IF NOT EXISTS on PostgreSQL
@@ -199,12 +226,19 @@ class Database:
             present = set(inspect(sync_conn).get_table_names())
             return [name for name in schema.TABLE_NAMES if name in present]
 
-        async with self._begin() as conn:
-            return await conn.run_sync(_names)
+        names: list[str] = await self._run(_names)
+        return names
 
     async def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (the object stays usable: it reconnects when used)."""
         await self.engine.dispose()
+        writer, readers = self._sqlite_writer, self._sqlite_readers
+        self._sqlite_writer = self._sqlite_readers = None
+        for pool in (writer, readers):
+            if pool is not None:
+                pool.shutdown(wait=False)
+        if self.sqlite_engine is not None:
+            await asyncio.to_thread(self.sqlite_engine.dispose)
 
     async def __aenter__(self) -> Database:
         return self
@@ -219,27 +253,55 @@ class Database:
 
     @asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
-        """One transaction; connection-level failures become ``TransientError``."""
+        """One transaction on the async engine; connection failures become ``TransientError``."""
         try:
             async with self.engine.begin() as conn:
                 yield conn
         except Exception as exc:
-            typed = classify(exc, self._url)
-            if typed is None:
-                raise
-            raise typed from exc
+            raise self._typed(exc) from exc
 
-    async def _write(self, op: WriteOp) -> Any:
+    def _typed(self, exc: Exception) -> BaseException:
+        typed = classify(exc, self._url)
+        return exc if typed is None else typed
+
+    async def _transaction(self, ops: Sequence[Op], *, write: bool) -> list[Any]:
+        """Run ``ops`` in one transaction and return their results (or raise, rolled back)."""
+        if self.sqlite_engine is None:
+            async with self._begin() as conn:
+                return await conn.run_sync(lambda sync_conn: [op(sync_conn) for op in ops])
+        pool = self._sqlite_pool(write)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                pool, _sqlite_transaction, self.sqlite_engine, ops
+            )
+        except Exception as exc:
+            raise self._typed(exc) from exc
+
+    def _sqlite_pool(self, write: bool) -> ThreadPoolExecutor:
+        if write:
+            if self._sqlite_writer is None:
+                self._sqlite_writer = ThreadPoolExecutor(1, thread_name_prefix="p8fs-sqlite-write")
+            return self._sqlite_writer
+        if self._sqlite_readers is None:
+            self._sqlite_readers = ThreadPoolExecutor(
+                SQLITE_READERS, thread_name_prefix="p8fs-sqlite-read"
+            )
+        return self._sqlite_readers
+
+    async def _run(self, op: Op) -> Any:
+        """A read, in a transaction of its own."""
+        return (await self._transaction([op], write=False))[0]
+
+    async def _write(self, op: Op) -> Any:
         """Run ``op`` in a write transaction and return its result once committed.
 
         With :attr:`group_commit`, writes that arrive while a commit is in progress wait and
-        then share one transaction (one fsync for many files). If that shared transaction
+        then share one transaction (one commit for many files). If that shared transaction
         fails, each write is retried alone, so one bad row fails only its own caller. Either
         way a caller returns only after its own rows are committed.
         """
         if not self.group_commit:
-            async with self._begin() as conn:
-                return await op(conn)
+            return (await self._transaction([op], write=True))[0]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending_writes.append((op, future))
         if self._writer is None or self._writer.done():
@@ -260,11 +322,10 @@ class Database:
             self._pending_writes.clear()
             raise
 
-    async def _commit_group(self, batch: list[tuple[WriteOp, asyncio.Future[Any]]]) -> None:
+    async def _commit_group(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
         if len(batch) > 1:
             try:
-                async with self._begin() as conn:
-                    results = [await op(conn) for op, _ in batch]
+                results = await self._transaction([op for op, _ in batch], write=True)
             except Exception:
                 pass  # somebody's write failed: retry each alone below
             else:
@@ -274,8 +335,7 @@ class Database:
                 return
         for op, future in batch:
             try:
-                async with self._begin() as conn:
-                    result = await op(conn)
+                [result] = await self._transaction([op], write=True)
             except Exception as exc:
                 if not future.done():
                     future.set_exception(exc)
@@ -288,8 +348,7 @@ class Database:
     async def get_file(self, tenant_id: str, file_id: str) -> FileRecord | None:
         t = schema.files
         stmt = select(t).where(t.c.tenant_id == tenant_id, t.c.id == file_id)
-        async with self._begin() as conn:
-            row = (await conn.execute(stmt)).first()
+        row = await self._run(lambda conn: conn.execute(stmt).first())
         return None if row is None else _to_model(FileRecord, row)
 
     async def get_file_by_uri(self, tenant_id: str, uri: str) -> FileRecord | None:
@@ -297,8 +356,7 @@ class Database:
         # The hash finds the row through the unique index; comparing the uri too guards against
         # the (astronomically unlikely) collision.
         stmt = select(t).where(t.c.tenant_id == tenant_id, t.c.uri_hash == uri_hash(uri))
-        async with self._begin() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self._run(lambda conn: conn.execute(stmt).all())
         for row in rows:
             if row.uri == uri:
                 return _to_model(FileRecord, row)
@@ -311,8 +369,7 @@ class Database:
         failure half-way leaves the previous version intact.
         """
         file_row, resource_rows = self._file_rows(file, resources)
-        async with self._begin() as conn:
-            await self._store_file(conn, file_row, resource_rows)
+        await self._write(lambda conn: self._store_file(conn, file_row, resource_rows))
 
     async def store_file_stream(
         self,
@@ -345,14 +402,14 @@ class Database:
             file_row = self._file_row(record)
             job_row = None if job is None else _to_row(job(record), schema.jobs)
 
-            async def store(conn: AsyncConnection) -> None:
-                await self._upsert(conn, schema.files, [file_row])
-                await self._delete_resources(conn, record.tenant_id, record.id)
+            def store(conn: Connection) -> None:
+                self._upsert(conn, schema.files, [file_row])
+                self._delete_resources(conn, record.tenant_id, record.id)
                 for rows in spool.batches():
                     self._check_resource_rows(record, rows)
-                    await conn.execute(insert(schema.resources), rows)
+                    conn.execute(insert(schema.resources), rows)
                 if job_row is not None:
-                    await self._upsert(conn, schema.jobs, [job_row])
+                    self._upsert(conn, schema.jobs, [job_row])
 
             await self._write(store)
             return record
@@ -374,14 +431,16 @@ class Database:
                 tenant_id=tenant_id,
             )
         file_row, resource_rows = self._file_rows(file, resources)
-        async with self._begin() as conn:
-            await self._delete_file(conn, tenant_id, old_file_id)
-            await self._store_file(conn, file_row, resource_rows)
+
+        def replace(conn: Connection) -> None:
+            self._delete_file(conn, tenant_id, old_file_id)
+            self._store_file(conn, file_row, resource_rows)
+
+        await self._write(replace)
 
     async def delete_file(self, tenant_id: str, file_id: str) -> bool:
         """Remove a file and its resources; ``False`` when there was no such file."""
-        async with self._begin() as conn:
-            return await self._delete_file(conn, tenant_id, file_id)
+        return bool(await self._write(lambda conn: self._delete_file(conn, tenant_id, file_id)))
 
     async def list_files(self, tenant_id: str, limit: int = 1000) -> list[FileRecord]:
         """A tenant's files, oldest upload first."""
@@ -428,15 +487,14 @@ class Database:
         stmt = select(func.count()).select_from(t)
         if tenant_id is not None:
             stmt = stmt.where(t.c.tenant_id == tenant_id)
-        async with self._begin() as conn:
-            return int((await conn.execute(stmt)).scalar_one())
+        return int(await self._run(lambda conn: conn.execute(stmt).scalar_one()))
 
     # -- errors ---------------------------------------------------------------------------
 
     async def record_error(self, error: ErrorRecord) -> None:
         """Store an error row (idempotent by id, so a redelivered failure is not doubled)."""
-        async with self._begin() as conn:
-            await self._upsert(conn, schema.errors, [_to_row(error, schema.errors)])
+        row = _to_row(error, schema.errors)
+        await self._write(lambda conn: self._upsert(conn, schema.errors, [row]))
 
     async def list_errors(
         self, tenant_id: str | None = None, limit: int = 100
@@ -456,11 +514,7 @@ class Database:
         unfinished status (PENDING, RUNNING, ...) over DONE, COMPLETED or FAILED changes nothing.
         """
         row = _to_row(job, schema.jobs)
-
-        async def upsert(conn: AsyncConnection) -> None:
-            await self._upsert(conn, schema.jobs, [row])
-
-        await self._write(upsert)
+        await self._write(lambda conn: self._upsert(conn, schema.jobs, [row]))
 
     async def get_job(self, tenant_id: str, job_id: str) -> Job | None:
         t = schema.jobs
@@ -491,8 +545,8 @@ class Database:
     # -- sessions and moments -------------------------------------------------------------
 
     async def upsert_session(self, session: Session) -> None:
-        async with self._begin() as conn:
-            await self._upsert(conn, schema.sessions, [_to_row(session, schema.sessions)])
+        row = _to_row(session, schema.sessions)
+        await self._write(lambda conn: self._upsert(conn, schema.sessions, [row]))
 
     async def list_sessions(self, tenant_id: str, limit: int = 100) -> list[Session]:
         """A tenant's sessions, newest first (what the dreaming agent reads)."""
@@ -510,8 +564,7 @@ class Database:
         if not moments:
             return
         rows = [_to_row(m, schema.moments) for m in moments]
-        async with self._begin() as conn:
-            await self._upsert(conn, schema.moments, rows)
+        await self._write(lambda conn: self._upsert(conn, schema.moments, rows))
 
     async def list_moments(self, tenant_id: str, limit: int = 1000) -> list[Moment]:
         """A tenant's moments in time order (moments without a timestamp last)."""
@@ -573,36 +626,33 @@ class Database:
                         id=row.get("id"),
                     )
 
-    async def _store_file(
-        self, conn: AsyncConnection, file_row: dict[str, Any], resource_rows: list[dict[str, Any]]
+    def _store_file(
+        self, conn: Connection, file_row: dict[str, Any], resource_rows: list[dict[str, Any]]
     ) -> None:
-        await self._upsert(conn, schema.files, [file_row])
-        await self._delete_resources(conn, file_row["tenant_id"], file_row["id"])
+        self._upsert(conn, schema.files, [file_row])
+        self._delete_resources(conn, file_row["tenant_id"], file_row["id"])
         if resource_rows:
-            await conn.execute(insert(schema.resources), resource_rows)
+            conn.execute(insert(schema.resources), resource_rows)
 
-    async def _delete_resources(self, conn: AsyncConnection, tenant_id: str, file_id: str) -> None:
+    def _delete_resources(self, conn: Connection, tenant_id: str, file_id: str) -> None:
         r = schema.resources
-        await conn.execute(delete(r).where(r.c.tenant_id == tenant_id, r.c.file_id == file_id))
+        conn.execute(delete(r).where(r.c.tenant_id == tenant_id, r.c.file_id == file_id))
 
-    async def _delete_file(self, conn: AsyncConnection, tenant_id: str, file_id: str) -> bool:
+    def _delete_file(self, conn: Connection, tenant_id: str, file_id: str) -> bool:
         f = schema.files
         # Resources go explicitly rather than by ON DELETE CASCADE: TiDB before 6.6 parses
         # foreign keys without enforcing them.
-        await self._delete_resources(conn, tenant_id, file_id)
-        result = await conn.execute(delete(f).where(f.c.tenant_id == tenant_id, f.c.id == file_id))
+        self._delete_resources(conn, tenant_id, file_id)
+        result = conn.execute(delete(f).where(f.c.tenant_id == tenant_id, f.c.id == file_id))
         return bool(result.rowcount)
 
-    async def _upsert(
-        self, conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]
-    ) -> None:
+    def _upsert(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
         """INSERT … ON CONFLICT (tenant_id, id) DO UPDATE, or ON DUPLICATE KEY UPDATE on MySQL."""
         self._check_storable(table, rows)
-        await conn.execute(_upsert_statement(self.dialect, table), rows)
+        conn.execute(_upsert_statement(self.dialect, table), rows)
 
     async def _fetch(self, model: type[RecordT], stmt: Any) -> list[RecordT]:
-        async with self._begin() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self._run(lambda conn: conn.execute(stmt).all())
         return [_to_model(model, row) for row in rows]
 
 
@@ -679,6 +729,12 @@ def _to_model(model: type[RecordT], row: Row[Any]) -> RecordT:
         if not field.is_required() and field.default_factory is not None:
             del data[name]
     return model.model_validate(data)
+
+
+def _sqlite_transaction(engine: Engine, ops: Sequence[Op]) -> list[Any]:
+    """``ops`` in one transaction on ``engine`` (runs in a SQLite thread)."""
+    with engine.begin() as conn:
+        return [op(conn) for op in ops]
 
 
 def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
