@@ -43,6 +43,7 @@ from p8fs.storage import (
     normalize_uri,
     storage_options_from_settings,
 )
+from p8fs.threads import ThreadCache
 
 if TYPE_CHECKING:  # pragma: no cover
     from p8fs.chunking import Chunk
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: Chunks in flight between the extraction thread and the database writer.
 QUEUE_DEPTH = 64
+#: Where extraction runs: reused daemon threads (a stuck one is abandoned, never reused).
+_EXTRACT_THREADS = ThreadCache("p8fs-extract")
 CONTENT_CATEGORY = "content_chunk"
 
 
@@ -375,8 +378,7 @@ async def _threaded(items: Iterator[Any], context: ExtractContext) -> AsyncItera
                 except Exception:
                     log.debug("closing the extraction iterator failed", exc_info=True)
 
-    thread = threading.Thread(target=run, name="p8fs-extract", daemon=True)
-    thread.start()
+    _EXTRACT_THREADS.submit(run)
     try:
         while True:
             while not handed:
