@@ -115,14 +115,14 @@ async def test_afetch_reads_an_object_with_one_streamed_get(
     fs._call_s3 = counting
     try:
         source = await afetch(uri, storage_options=options)
-        try:
-            assert source.uri == uri and source.name == "min.pdf" and source.temporary
-            assert source.local_path.read_bytes() == data and source.size == len(data)
-            assert source.content_hash == hashlib.sha256(data).hexdigest()
-            assert source.head == data[: len(source.head)] and source.head
-        finally:
-            source.release()
-        assert not source.local_path.exists()
+        # Small enough to be held: no temporary copy, and providers read it as a named stream.
+        assert source.uri == uri and source.name == "min.pdf" and not source.temporary
+        assert source.local_path is None and source.data == data and source.size == len(data)
+        assert source.content_hash == hashlib.sha256(data).hexdigest()
+        assert source.head == data[: len(source.head)] and source.head
+        stream = source.open()
+        assert stream.read() == data and stream.name == uri  # type: ignore[union-attr]
+        source.release()
         assert calls == ["get_object"], "one GET per object: no HEAD before it"
         assert await async_s3_filesystem(options) is fs, "the client is reused on the loop"
 
@@ -143,7 +143,8 @@ async def test_afetch_reads_an_object_with_one_streamed_get(
 async def test_afetch_over_the_limit_reads_no_body(
     seaweedfs: Any, s3fs_filesystem: Any, s3_bucket: str, tmp_path: Path
 ) -> None:
-    """The size check happens on the response headers: nothing is written for a refused object."""
+    """The size check happens on the response headers: nothing is written for a refused object;
+    an object larger than one read buffer is streamed to a temporary copy."""
     from p8fs.storage import aclose_filesystems, afetch
 
     data = os.urandom(3 << 20)  # several read blocks
@@ -155,9 +156,11 @@ async def test_afetch_over_the_limit_reads_no_body(
         with pytest.raises(LimitExceeded):
             await afetch(uri, storage_options=seaweedfs.storage_options(), max_bytes=1 << 20, tmp_dir=spool)
         assert list(spool.iterdir()) == []
+        # Larger than one read buffer: streamed to a temporary copy, removed on release.
         source = await afetch(uri, storage_options=seaweedfs.storage_options(), tmp_dir=spool)
         assert source.size == len(data) and source.content_hash == hashlib.sha256(data).hexdigest()
-        assert source.local_path.read_bytes() == data
+        assert source.temporary and source.data is None and source.local_path is not None
+        assert source.local_path.parent == spool and source.local_path.read_bytes() == data
         source.release()
     finally:
         await aclose_filesystems()
@@ -182,3 +185,21 @@ async def test_afetch_local_files_and_a_dead_endpoint(tmp_path: Path, s3_bucket:
             await afetch(f"s3://{s3_bucket}/x.txt", storage_options=options)
     finally:
         await aclose_filesystems()
+
+
+def test_a_closed_loop_leaves_no_filesystem_behind(seaweedfs: Any, s3fs_filesystem: Any, s3_bucket: str) -> None:
+    """``asyncio.run(aingest(...))`` again and again must not keep one S3 client per loop."""
+    import asyncio
+
+    from p8fs import storage
+
+    s3fs_filesystem.pipe(f"{s3_bucket}/a.txt", b"hello")
+
+    async def one() -> bytes:
+        source = await storage.afetch(f"s3://{s3_bucket}/a.txt", storage_options=seaweedfs.storage_options())
+        return source.data or b""
+
+    for _ in range(3):
+        assert asyncio.run(one()) == b"hello"
+    live = [loop for loop, _ in storage._async_filesystems.values() if not loop.is_closed()]
+    assert live == [] and len(storage._async_filesystems) <= 1

@@ -12,6 +12,7 @@ characters such as ``€`` in cp1252).
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
@@ -110,8 +111,12 @@ def looks_like_text(sample: bytes) -> bool:
     if enc.startswith(("utf-16", "utf-32")):
         return True
     text = sample[bom_length(sample):].decode(enc, errors="replace")
-    controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f\v\x1b")
+    controls = len(_BINARY_CONTROLS.findall(text))
     return controls <= max(1, len(text) // 100)
+
+
+#: C0 controls that text does not contain (all but tab, LF, VT, FF, CR and ESC).
+_BINARY_CONTROLS = re.compile("[\x00-\x08\x0e-\x1a\x1c-\x1f]")
 
 
 class TextStream:

@@ -165,7 +165,7 @@ async def aingest(
                 source, tenant_id, database, settings, force=force, options=options or {}, job=job
             )
         except P8fsError as exc:
-            if source.temporary:
+            if source.temporary and source.local_path is not None:
                 # Providers name the file they read; the operator knows it by its URI.
                 exc.message = exc.message.replace(str(source.local_path), source.uri)
                 exc.args = (exc.message,)
@@ -243,7 +243,7 @@ async def _ingest_source(
 
     def produce() -> Iterator[Chunk]:
         try:
-            yield from chunker.chunk(provider.extract(source.local_path, context))
+            yield from chunker.chunk(provider.extract(source.open(), context))
         except P8fsError:
             raise
         except Exception as exc:

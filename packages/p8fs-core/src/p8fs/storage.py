@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 import tempfile
 import weakref
@@ -29,27 +30,48 @@ from p8fs.errors import InvalidPath, LimitExceeded, P8fsError, SourceNotFound, T
 from p8fs.sniff import SNIFF_BYTES
 
 if TYPE_CHECKING:  # pragma: no cover
+    from p8fs.providers import Source
     from p8fs.settings import Settings
 
 COPY_BUFFER = 1 << 20
 
 
+#: A remote object no larger than this is kept in memory instead of a temporary copy: it is no
+#: more than the one read buffer streaming holds anyway, and a small file's temporary copy (create,
+#: write, reopen, unlink) costs more than everything else done to it.
+IN_MEMORY_MAX = COPY_BUFFER
+
+
 @dataclass(frozen=True, slots=True)
 class SourceFile:
-    """A source ready to be read: where it is locally, and what we learned reading it once."""
+    """A source ready to be read: where it is, and what we learned reading it once.
+
+    It is either a local file (``local_path``: the user's own, or our temporary copy of a remote
+    object) or, for a small remote object, its bytes (``data``). Providers read :meth:`open`.
+    """
 
     uri: str
     name: str
-    local_path: Path
+    local_path: Path | None
     size: int
     content_hash: str
     head: bytes
     #: ``local_path`` is our temporary copy of a remote object (removed by :meth:`release`).
     temporary: bool = False
+    #: The whole object, when it is small enough to be held (then ``local_path`` is ``None``).
+    data: bytes | None = None
+
+    def open(self) -> Source:
+        """What a provider reads: the local path, or the held bytes as a binary stream."""
+        if self.local_path is not None:
+            return self.local_path
+        stream = io.BytesIO(self.data or b"")
+        stream.name = self.uri  # what providers call the source in their messages
+        return stream
 
     def release(self) -> None:
         """Remove the temporary copy, if any."""
-        if self.temporary:
+        if self.temporary and self.local_path is not None:
             self.local_path.unlink(missing_ok=True)
 
 
@@ -180,10 +202,9 @@ def fetch(
 ASYNC_S3_SCHEMES = ("s3://", "s3a://")
 
 #: One async S3 filesystem per event loop and storage options (its HTTP session is bound to
-#: the loop that created it, and reusing it keeps connections alive between files).
-_async_filesystems: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = (
-    weakref.WeakKeyDictionary()
-)
+#: the loop that created it, and reusing it keeps connections alive between files). Keyed by the
+#: loop's id; entries of loops that have been closed are dropped on the next use.
+_async_filesystems: dict[int, tuple[asyncio.AbstractEventLoop, dict[str, Any]]] = {}
 
 
 async def afetch(
@@ -220,7 +241,16 @@ async def afetch(
                 raise IsADirectoryError(normalized) from None
             raise
         async with response["Body"] as body:
-            _check_size(response.get("ContentLength"), max_bytes, normalized)
+            announced = response.get("ContentLength")
+            _check_size(announced, max_bytes, normalized)
+            if announced is not None and announced <= IN_MEMORY_MAX:
+                data = await body.read()
+                _check_size(len(data), max_bytes, normalized)
+                digest = hashlib.sha256(data)
+                return SourceFile(
+                    normalized, name, None, len(data), digest.hexdigest(), data[:SNIFF_BYTES],
+                    data=data,
+                )
             fd, tmp_name = tempfile.mkstemp(prefix="p8fs-", suffix="-" + name[-40:], dir=tmp_dir)
             tmp = Path(tmp_name)
             digest = hashlib.sha256()
@@ -250,7 +280,10 @@ async def async_s3_filesystem(storage_options: dict[str, Any]) -> Any:
     import s3fs
 
     loop = asyncio.get_running_loop()
-    per_loop = _async_filesystems.setdefault(loop, {})
+    for key_, (other, _) in list(_async_filesystems.items()):
+        if other.is_closed():  # asyncio.run() around one aingest: nobody will use it again
+            del _async_filesystems[key_]
+    _, per_loop = _async_filesystems.setdefault(id(loop), (loop, {}))
     key = json.dumps(storage_options, sort_keys=True, default=repr)
     fs = per_loop.get(key)
     if fs is None:
@@ -275,7 +308,7 @@ async def _is_directory(fs: Any, path: str) -> bool:
 async def aclose_filesystems() -> None:
     """Close the async S3 sessions :func:`afetch` opened on the running loop (call it before
     the loop ends, so no HTTP session is left to be closed by the garbage collector)."""
-    per_loop = _async_filesystems.pop(asyncio.get_running_loop(), {})
+    _, per_loop = _async_filesystems.pop(id(asyncio.get_running_loop()), (None, {}))
     for fs in per_loop.values():
         await fs._s3creator.__aexit__(None, None, None)
 
