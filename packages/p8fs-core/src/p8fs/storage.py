@@ -7,8 +7,10 @@ Either way memory stays at one read buffer.
 
 From async code (a queue worker) use :func:`afetch`: an ``s3://`` object is then read with one
 GET on the caller's own event loop (the size check uses the response's ``Content-Length``, before
-the body is read), instead of a HEAD, a second HEAD and a GET hopping between threads. At a
-thousand small files a second that difference is most of a worker's time.
+the body is read), instead of a HEAD, a second HEAD and a GET hopping between threads; and an
+object no larger than the read buffer stays in memory instead of going through a temporary file.
+For small files these costs were most of a queue worker's time (measured with
+``benchmarks/queue_throughput.py``).
 """
 
 from __future__ import annotations
