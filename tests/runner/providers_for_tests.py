@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 
 from p8fs.errors import TransientError
-from p8fs.providers import ContentProvider, ExtractContext, Section, Source, source_path
+from p8fs.providers import ContentProvider, ExtractContext, Section, Source, open_binary
 
 
 def _log_call(kind: str, context: ExtractContext) -> None:
@@ -37,9 +37,8 @@ class SlowProvider(ContentProvider):
 
     def extract(self, source: Source, context: ExtractContext) -> Iterator[Section]:
         _log_call("slow", context)
-        path = source_path(source)
-        assert path is not None
-        text = path.read_text(encoding="utf-8")
+        with open_binary(source) as stream:  # a path, or a small object held in memory
+            text = stream.read().decode("utf-8")
         first, _, rest = text.partition("\n")
         seconds = float(first.removeprefix("sleep="))
         deadline = time.monotonic() + seconds
