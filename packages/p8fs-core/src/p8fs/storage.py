@@ -16,11 +16,11 @@ For small files these costs were most of a queue worker's time (measured with
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import io
 import os
 import tempfile
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -282,9 +282,7 @@ async def async_s3_filesystem(storage_options: dict[str, Any]) -> Any:
     import s3fs
 
     loop = asyncio.get_running_loop()
-    for key_, (other, _) in list(_async_filesystems.items()):
-        if other.is_closed():  # asyncio.run() around one aingest: nobody will use it again
-            del _async_filesystems[key_]
+    _forget_closed_loops()
     _, per_loop = _async_filesystems.setdefault(id(loop), (loop, {}))
     key = json.dumps(storage_options, sort_keys=True, default=repr)
     fs = per_loop.get(key)
@@ -293,11 +291,36 @@ async def async_s3_filesystem(storage_options: dict[str, Any]) -> Any:
             asynchronous=True, loop=loop, skip_instance_cache=True, **storage_options
         )
         await fs.set_session()
-        # A loop that ends without aclose_filesystems() (asyncio.run around one aingest) takes
-        # the filesystem with it: close its sockets then, as s3fs does for its sync instances.
-        weakref.finalize(fs, s3fs.S3FileSystem.close_session, None, fs._s3creator)
         per_loop[key] = fs
     return fs
+
+
+@atexit.register
+def _forget_closed_loops() -> None:
+    """Drop (and disconnect) the filesystems of loops that have ended: ``asyncio.run()`` around
+    one ``aingest``, whose loop nobody will use again. Also run at exit, for the last one."""
+    for key, (loop, stale) in list(_async_filesystems.items()):
+        if loop.is_closed():
+            del _async_filesystems[key]
+            for fs in stale.values():
+                _close_sockets(fs)
+
+
+def _close_sockets(fs: Any) -> None:
+    """Close the connections of a filesystem whose loop has ended (its async close can no
+    longer run), so nothing is left for the garbage collector to warn about."""
+    try:
+        sessions = fs._s3._endpoint.http_session._sessions or {}
+    except AttributeError:  # another aiobotocore layout: the collector closes them instead
+        return
+    for session in list(sessions.values()):
+        connector = session.connector
+        if connector is not None and not connector.closed:
+            try:
+                connector._close()  # the synchronous part of close(): the transports
+            except Exception:  # pragma: no cover - best effort on a dead loop
+                pass
+        session._connector = None
 
 
 async def _is_directory(fs: Any, path: str) -> bool:
