@@ -41,6 +41,7 @@ from p8fs.storage import (
     aclose_filesystems,
     afetch,
     normalize_uri,
+    object_name,
     storage_options_from_settings,
 )
 from p8fs.threads import ThreadCache
@@ -466,7 +467,7 @@ async def arename(old_uri: str, new_uri: str, tenant_id: str, *, database: Datab
     if existing is None:
         return None
     new_id = ids.file_id(tenant_id, new)
-    new_name = new.rstrip("/").rsplit("/", 1)[-1]
+    new_name = object_name(new)
     moved = existing.model_copy(update={"id": new_id, "uri": new, "name": new_name, "updated_at": utcnow()})
     resources = [
         r.model_copy(

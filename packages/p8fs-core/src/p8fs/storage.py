@@ -125,21 +125,35 @@ def storage_options_from_settings(settings: Settings) -> dict[str, Any]:
     return options
 
 
+class _Fingerprint:
+    """What one read of a source learns, block by block: its sha256, size and sniffing head."""
+
+    __slots__ = ("digest", "head", "size")
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.head = b""
+        self.size = 0
+
+    def update(self, block: bytes) -> None:
+        if len(self.head) < SNIFF_BYTES:
+            self.head += block[: SNIFF_BYTES - len(self.head)]
+        self.digest.update(block)
+        self.size += len(block)
+
+
 def _hash_and_head(stream: Any, sink: Any | None = None) -> tuple[str, bytes, int]:
-    digest = hashlib.sha256()
-    head = b""
-    size = 0
-    while True:
-        block = stream.read(COPY_BUFFER)
-        if not block:
-            break
-        if len(head) < SNIFF_BYTES:
-            head += block[: SNIFF_BYTES - len(head)]
-        digest.update(block)
-        size += len(block)
+    seen = _Fingerprint()
+    while block := stream.read(COPY_BUFFER):
+        seen.update(block)
         if sink is not None:
             sink.write(block)
-    return digest.hexdigest(), head, size
+    return seen.digest.hexdigest(), seen.head, seen.size
+
+
+def object_name(uri: str) -> str:
+    """The last path segment of a normalised URI: ``s3://b/docs/a.pdf`` → ``a.pdf``."""
+    return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _classify(exc: BaseException, uri: str) -> P8fsError:
@@ -167,7 +181,7 @@ def fetch(
     anything is downloaded) or :class:`TransientError` (I/O that may heal).
     """
     normalized = normalize_uri(uri)
-    name = normalized.rstrip("/").rsplit("/", 1)[-1]
+    name = object_name(normalized)
     if not is_remote(normalized):
         path = Path(normalized)
         try:
@@ -226,7 +240,7 @@ async def afetch(
         return await asyncio.to_thread(
             fetch, normalized, storage_options=storage_options, max_bytes=max_bytes, tmp_dir=tmp_dir
         )
-    name = normalized.rstrip("/").rsplit("/", 1)[-1]
+    name = object_name(normalized)
     tmp: Path | None = None
     try:
         fs = await async_s3_filesystem(storage_options or {})
@@ -245,33 +259,30 @@ async def afetch(
         async with response["Body"] as body:
             announced = response.get("ContentLength")
             _check_size(announced, max_bytes, normalized)
+            seen = _Fingerprint()
             if announced is not None and announced <= IN_MEMORY_MAX:
                 data = await body.read()
                 _check_size(len(data), max_bytes, normalized)
-                digest = hashlib.sha256(data)
+                seen.update(data)
                 return SourceFile(
-                    normalized, name, None, len(data), digest.hexdigest(), data[:SNIFF_BYTES],
+                    normalized, name, None, seen.size, seen.digest.hexdigest(), seen.head,
                     data=data,
                 )
             fd, tmp_name = tempfile.mkstemp(prefix="p8fs-", suffix="-" + name[-40:], dir=tmp_dir)
             tmp = Path(tmp_name)
-            digest = hashlib.sha256()
-            head = b""
-            size = 0
             with os.fdopen(fd, "wb") as sink:
                 while block := await body.read(COPY_BUFFER):
-                    if len(head) < SNIFF_BYTES:
-                        head += block[: SNIFF_BYTES - len(head)]
-                    digest.update(block)
-                    size += len(block)
+                    seen.update(block)
                     sink.write(block)
                     # A stream longer than announced is still held to the limit.
-                    _check_size(size, max_bytes, normalized)
+                    _check_size(seen.size, max_bytes, normalized)
     except Exception as exc:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
         raise _classify(exc, normalized) from exc
-    return SourceFile(normalized, name, tmp, size, digest.hexdigest(), head, temporary=True)
+    return SourceFile(
+        normalized, name, tmp, seen.size, seen.digest.hexdigest(), seen.head, temporary=True
+    )
 
 
 async def async_s3_filesystem(storage_options: dict[str, Any]) -> Any:

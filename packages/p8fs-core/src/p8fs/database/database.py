@@ -164,11 +164,8 @@ class Database:
             pragmas = _sqlite_pragmas(sqlite_busy_timeout_ms)
             event.listen(self.engine.sync_engine, "connect", pragmas)
             if parsed.database not in (None, "", ":memory:") and "mode=memory" not in url:
-                sync_kwargs = {k: v for k, v in kwargs.items() if k != "connect_args"}
-                if extra_connect_args:
-                    sync_kwargs["connect_args"] = extra_connect_args
                 self.sqlite_engine = create_engine(
-                    parsed.set(drivername="sqlite+pysqlite"), **sync_kwargs
+                    parsed.set(drivername="sqlite+pysqlite"), **kwargs
                 )
                 event.listen(self.sqlite_engine, "connect", pragmas)
 
