@@ -1,30 +1,34 @@
 """The SeaweedFS -> NATS bridge against a real ``weed mini`` and a real ``nats-server``: changes
 made through S3 and the filer arrive on ``p8fs.storage.events`` typed correctly, and a restart
 replays what was missed exactly once (by checkpoint, and by ``Nats-Msg-Id`` when the checkpoint
-lagged behind what was sent)."""
+lagged behind what was sent). The bridge follows the filer's gRPC ``SubscribeMetadata`` stream;
+a filer restart under load is in ``test_bridge_restart.py``, the stubs in ``test_bridge_stubs.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 from nats.js.client import JetStreamContext
 
+from p8fs.errors import ConfigurationError
 from p8fs_runner.bridge import (
     BridgeStats,
     FilerBridge,
-    MetaTailDecoder,
     checkpoint_key,
-    time_ago,
+    filer_grpc_address,
+    raw_msg_id,
+    since_ns,
 )
 from p8fs_runner.embedded import EmbeddedSeaweedFS
 from p8fs_runner.events import parse_event
@@ -32,45 +36,46 @@ from p8fs_runner.settings import RunnerSettings
 from p8fs_runner.tiers import EVENTS_STREAM, ROUTER
 from p8fs_runner.topology import stream_config
 
-DATA = Path(__file__).parent / "data"
-
-
 # -- pure parts ------------------------------------------------------------------------------
 
 
-def test_decoder_splits_real_meta_tail_output() -> None:
-    for name, expected in (
-        ("filer_meta_tail_s3_put_overwrite_move_delete_metadata.json", 17),
-        ("filer_meta_tail_multipart_unicode_rename.json", 16),
-    ):
-        decoder = MetaTailDecoder()
-        documents = [
-            doc
-            for line in (DATA / name).read_text().splitlines(keepends=True)
-            for doc in decoder.feed_line(line)
-        ]
-        assert len(documents) == expected
-        assert all(isinstance(doc, dict) and "tsNs" in doc for doc in documents)
+def _settings(**values: Any) -> RunnerSettings:
+    return RunnerSettings(_env_file=None, **values)
 
 
-def test_decoder_accepts_json_lines_and_returns_broken_blocks_as_text() -> None:
-    decoder = MetaTailDecoder()
-    compact = json.dumps({"directory": "/buckets/t-a", "tsNs": "1"})
-    assert list(decoder.feed_line(compact + "\n")) == [json.loads(compact)]
-    out: list[Any] = []
-    for line in ["{\n", '  "directory": oops\n', "}\n", "{\n", '  "a": 1\n', "}\n"]:
-        out.extend(decoder.feed_line(line))
-    assert out == ['{\n  "directory": oops\n}', {"a": 1}]
-
-
-def test_time_ago_replays_from_the_checkpoint_minus_the_margin() -> None:
-    settings = RunnerSettings(_env_file=None, bridge_replay_margin=5, bridge_start_ago=60)  # type: ignore[call-arg]
-    assert time_ago(None, settings) == f"{60 * 10**9}ns"
+def test_since_replays_from_the_checkpoint_minus_the_margin() -> None:
+    settings = _settings(bridge_replay_margin=5, bridge_start_ago=60)
     now = 1_800_000_000 * 10**9
-    assert time_ago(now - 10**9, settings, now_ns=now) == f"{6 * 10**9}ns"
-    # A checkpoint ahead of the local clock (skew) still replays the margin.
-    assert time_ago(now + 10**9, settings, now_ns=now) == f"{5 * 10**9}ns"
+    assert since_ns(None, settings, now_ns=now) == now - 60 * 10**9
+    # Filer timestamps only: the local clock plays no part once there is a checkpoint.
+    assert since_ns(now - 10**9, settings, now_ns=0) == now - 6 * 10**9
+    assert since_ns(10**9, settings) == 0
     assert checkpoint_key("/buckets") != checkpoint_key("/buckets/t-a")
+
+
+def test_filer_grpc_address_is_the_filer_port_plus_10000_unless_set() -> None:
+    assert filer_grpc_address(_settings(seaweedfs_filer="10.0.0.5:8888"))[0] == "10.0.0.5:18888"
+    assert filer_grpc_address(_settings(seaweedfs_filer="http://filer:8888"))[0] == "filer:18888"
+    assert filer_grpc_address(_settings(seaweedfs_filer="[::1]:8888"))[0] == "[::1]:18888"
+    explicit = _settings(seaweedfs_filer="filer:8888", bridge_filer_grpc="filer-grpc:9999")
+    assert filer_grpc_address(explicit) == ("filer-grpc:9999", "P8FS_BRIDGE_FILER_GRPC")
+    # The explicit gRPC address alone is enough.
+    assert filer_grpc_address(_settings(bridge_filer_grpc="f:1"))[0] == "f:1"
+    with pytest.raises(ConfigurationError, match=r"P8FS_SEAWEEDFS_FILER.*P8FS_BRIDGE_FILER_GRPC"):
+        filer_grpc_address(_settings())
+    with pytest.raises(ConfigurationError, match="P8FS_SEAWEEDFS_FILER='filer' is not host:port"):
+        filer_grpc_address(_settings(seaweedfs_filer="filer"))
+    with pytest.raises(ConfigurationError, match="P8FS_BRIDGE_FILER_GRPC"):
+        filer_grpc_address(_settings(bridge_filer_grpc="f:notaport"))
+
+
+def test_raw_ids_ignore_the_order_of_map_fields() -> None:
+    """The filer re-marshals each change when sending it, and Go writes map fields in random
+    order: a replayed refused change must still get the id it had the first time."""
+    one = {"directory": "/b", "tsNs": "1", "extended": {"a": "1", "b": "2"}}
+    two = {"tsNs": "1", "extended": {"b": "2", "a": "1"}, "directory": "/b"}
+    assert raw_msg_id(one) == raw_msg_id(two)
+    assert raw_msg_id(one) != raw_msg_id({**one, "tsNs": "2"})
 
 
 # -- against the real servers --------------------------------------------------------------------
@@ -260,8 +265,6 @@ async def test_restart_replays_missed_changes_exactly_once(
 
 
 async def test_bridge_needs_the_filer_address(runner_settings: RunnerSettings) -> None:
-    from p8fs.errors import ConfigurationError
-
     settings = runner_settings.model_copy(update={"seaweedfs_filer": None})
     nc = await nats.connect(**settings.nats_connect_options())
     try:
@@ -348,26 +351,59 @@ async def test_run_bridge_serves_probes_and_metrics(
 
 
 async def test_an_unreachable_filer_is_retried_until_stopped(
-    runner_settings: RunnerSettings,
+    runner_settings: RunnerSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """``filer.meta.tail`` exits at once when the filer is down; the bridge keeps retrying with
-    backoff, reports itself not ready, and still stops when asked."""
+    """Nothing listens on the filer's gRPC port: the bridge keeps resubscribing with backoff,
+    reports itself not ready, logs the outage once (naming the setting the address came
+    from), not once per attempt, and still stops when asked."""
     from p8fs_runner.embedded import free_weed_port
 
     settings = runner_settings.model_copy(
         update={"seaweedfs_filer": f"127.0.0.1:{free_weed_port()}"}
     )
+    caplog.set_level(logging.DEBUG, logger="p8fs_runner.bridge")
     async with RunningBridge(settings) as running:
 
         async def retried() -> bool:
             assert running.bridge is not None
-            return running.bridge.stats.tail_starts >= 2
+            return running.bridge.stats.subscribe_attempts >= 4
 
         await wait_for(retried, within=20)
         assert running.bridge is not None and not running.bridge.following()
     # Leaving the block stopped it (within RunningBridge's 30 s bound, backoff included).
     assert running.task is not None and running.task.done()
-    assert running.stats.published == 0
+    assert running.stats.published == 0 and running.stats.subscriptions == 0
+    assert running.stats.outages == 1
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING and "bridge" in r.name]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    message = errors[0].getMessage()
+    assert "cannot subscribe" in message and "UNAVAILABLE" in message
+    assert "P8FS_SEAWEEDFS_FILER port + 10000" in message
+    assert "P8FS_BRIDGE_FILER_GRPC" in message
+
+
+async def test_a_wrong_grpc_address_names_its_setting(
+    runner_settings: RunnerSettings, seaweedfs: EmbeddedSeaweedFS, caplog: pytest.LogCaptureFixture
+) -> None:
+    """P8FS_BRIDGE_FILER_GRPC pointed at the filer's HTTP port (a common slip): no stream, and
+    the error says which setting to fix."""
+    settings = runner_settings.model_copy(
+        update={"bridge_filer_grpc": seaweedfs.filer_address}  # HTTP, not gRPC
+    )
+    caplog.set_level(logging.WARNING, logger="p8fs_runner.bridge")
+    async with RunningBridge(settings) as running:
+
+        async def retried() -> bool:
+            assert running.bridge is not None
+            return running.bridge.stats.subscribe_attempts >= 2
+
+        await wait_for(retried, within=20)
+        assert running.bridge is not None and not running.bridge.following()
+    assert running.stats.subscriptions == 0
+    errors = [r.getMessage() for r in caplog.records if "cannot subscribe" in r.getMessage()]
+    assert (
+        len(errors) == 1 and f"at {seaweedfs.filer_address} (P8FS_BRIDGE_FILER_GRPC)" in errors[0]
+    )
 
 
 async def test_changes_wait_for_the_stream_when_the_router_has_not_run(

@@ -1,19 +1,28 @@
 """``p8fs-run bridge``: follow the SeaweedFS filer and publish its changes to ``p8fs.storage.events``.
 
 The filer keeps a log of every metadata change, each stamped with a nanosecond timestamp
-(``tsNs``); ``weed filer.meta.tail -timeAgo=D`` replays that log from ``now - D`` and then
-follows it. The bridge runs it as a subprocess and, for each change under the path prefix:
+(``ts_ns``), and serves it over gRPC: ``SeaweedFiler.SubscribeMetadata`` replays the log from a
+given ``since_ns`` and then follows it (the stubs are generated from SeaweedFS's ``filer.proto``,
+see :mod:`p8fs_runner.filer_pb`). The bridge subscribes to it directly, so it needs neither the
+``weed`` binary nor any text parsing, and for each change under the path prefix:
 
-1. parses it (:func:`p8fs_runner.events.parse_event`); directories, multipart parts and
-   SeaweedFS's own bookkeeping are skipped; a change that cannot be parsed is still published
+1. turns it into the filer's JSON shape (protojson, as ``weed filer.meta.tail`` printed it) and
+   parses it (:func:`p8fs_runner.events.parse_event`); directories, multipart parts and
+   SeaweedFS's own bookkeeping are skipped; a change the parser refuses is still published
    (raw) so that the router dead-letters it with an ``errors`` row instead of it vanishing here;
 2. publishes it to JetStream with ``Nats-Msg-Id`` = the change's stable id (type, paths,
-   ``tsNs``), and waits for the stream's acknowledgement;
-3. then records the last handled ``tsNs`` as its checkpoint in a NATS key-value bucket.
+   ``ts_ns``), and waits for the stream's acknowledgement;
+3. then records the last handled ``ts_ns`` as its checkpoint in a NATS key-value bucket.
 
-On restart it replays from the checkpoint (minus a small margin for clock skew), skips what the
+On (re)subscribing it asks for the log from the checkpoint minus a small margin, skips what the
 checkpoint already covers, and anything published but not yet checkpointed when it stopped is
 dropped by the stream's duplicate window: nothing is missed and nothing is published twice.
+
+When the stream ends or fails (the filer restarts, the network drops) the bridge subscribes
+again with a growing delay, from its checkpoint; an outage is logged once when it starts and
+once when it ends, not per retry. The filer sends an empty "idle heartbeat" every few seconds
+while the subscriber is caught up; once one has arrived, a stream silent for
+:data:`STREAM_IDLE_TIMEOUT` is presumed dead (a half-open connection) and replaced.
 """
 
 from __future__ import annotations
@@ -23,10 +32,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from prometheus_client import Counter, Gauge
 
@@ -36,9 +46,12 @@ from p8fs_runner.settings import RunnerSettings
 from p8fs_runner.tiers import EVENTS_STREAM, EVENTS_SUBJECT
 
 if TYPE_CHECKING:  # pragma: no cover
+    from grpc.aio import UnaryStreamCall
     from nats.aio.client import Client
     from nats.js.client import JetStreamContext
     from nats.js.kv import KeyValue
+
+    from p8fs_runner.filer_pb.filer_pb2 import SubscribeMetadataResponse
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +65,30 @@ CHECKPOINT = Gauge(
     "p8fs_bridge_checkpoint_timestamp_seconds",
     "Filer time of the last change the bridge handled (its checkpoint).",
 )
+FILER_UP = Gauge(
+    "p8fs_bridge_filer_subscribed",
+    "1 while the bridge holds an open SubscribeMetadata stream to the filer, else 0.",
+)
 
-#: Longest line ``weed filer.meta.tail`` may print (small files' content is inlined in entries).
-MAX_LINE = 16 * 1024 * 1024
+#: SeaweedFS serves gRPC on the filer's HTTP port plus this, unless started with -port.grpc.
+FILER_GRPC_PORT_OFFSET = 10000
 #: Seconds a burst of pipelined publishes may wait for its acknowledgements.
 ACK_TIMEOUT = 10.0
-#: Bytes read from the tail's output at a time.
-READ_CHUNK = 256 * 1024
-#: Largest document accumulated before it is declared broken and skipped.
-MAX_DOCUMENT = 32 * 1024 * 1024
-#: Seconds ``filer.meta.tail`` must have run before the bridge reports itself ready.
-FOLLOWING_AFTER = 2.0
+#: Largest gRPC message accepted: while catching up the filer packs up to 256 changes, each
+#: with its chunk list, into one response (gRPC's 4 MiB default is too small for that).
+MAX_MESSAGE_BYTES = 1 << 30
+#: Seconds without a message after which a stream that has sent idle heartbeats (every 5 s
+#: from SeaweedFS 4.x when caught up) is presumed dead and replaced.
+STREAM_IDLE_TIMEOUT = 30.0
+#: Delay before the first resubscription after a failure, and the most it grows to.
+RECONNECT_MIN = 0.5
+RECONNECT_MAX = 15.0
+#: Changes queued between the gRPC reader and the publisher (back-pressure on the stream).
+QUEUE_SIZE = 2000
+#: Largest burst published before a checkpoint is written.
+BATCH_SIZE = 500
+#: Name this bridge gives the filer (shown in the filer's subscriber list and logs).
+CLIENT_NAME = "p8fs-bridge"
 
 
 @dataclass
@@ -81,48 +107,15 @@ class BridgeStats:
     skipped_before_checkpoint: int = 0
     #: Publishes that failed and were retried (broker down, stream not created yet).
     publish_retries: int = 0
-    tail_starts: int = 0
+    #: SubscribeMetadata calls made (the first one and every resubscription).
+    subscribe_attempts: int = 0
+    #: Streams the filer accepted (answered with at least one message).
+    subscriptions: int = 0
+    #: Idle heartbeats and progress marks received (liveness only; never checkpointed).
+    heartbeats: int = 0
+    #: Outages (the filer unreachable or the stream lost), each logged once.
+    outages: int = 0
     checkpoint_ns: int | None = None
-
-
-class MetaTailDecoder:
-    """Split ``weed filer.meta.tail`` output into JSON documents.
-
-    It prints each change as indented JSON: ``{`` alone on a line, the fields indented, ``}``
-    alone on a line (measured on SeaweedFS 4.48). A compact one-line object is accepted too, in
-    case a version prints JSON lines. A block that does not parse is returned as text so the
-    caller can publish it for the router to dead-letter.
-    """
-
-    def __init__(self) -> None:
-        self._lines: list[str] = []
-        self._size = 0
-
-    def feed_line(self, line: str) -> Iterator[dict[str, Any] | str]:
-        stripped = line.rstrip("\r\n")
-        if not self._lines:
-            if not stripped.strip():
-                return
-            if stripped.startswith("{") and stripped.endswith("}") and len(stripped) > 2:
-                try:
-                    document = json.loads(stripped)
-                except ValueError:
-                    pass
-                else:
-                    if isinstance(document, dict):
-                        yield document
-                        return
-        self._lines.append(stripped)
-        self._size += len(stripped)
-        if stripped == "}" or self._size > MAX_DOCUMENT:
-            text = "\n".join(self._lines)
-            self._lines, self._size = [], 0
-            try:
-                document = json.loads(text)
-            except ValueError:
-                yield text
-                return
-            yield document if isinstance(document, dict) else text
 
 
 @dataclass
@@ -135,50 +128,116 @@ class _Outgoing:
     retry: bool = False
 
 
+@dataclass
+class _StreamEnd:
+    """Queued by the reader when the stream is over: why (None: the filer closed it cleanly)."""
+
+    error: str | None
+
+
 def checkpoint_key(path_prefix: str) -> str:
     """The KV key of the checkpoint for one followed prefix (KV keys allow few characters)."""
     return "checkpoint." + hashlib.sha256(path_prefix.encode()).hexdigest()[:16]
 
 
-def raw_msg_id(text: str) -> str:
+def raw_msg_id(document: dict[str, Any]) -> str:
+    """A stable id for a change the parser refused. Keys are sorted: the filer re-marshals each
+    change when it sends it, and Go writes map fields (``extended``) in random order."""
+    text = json.dumps(document, sort_keys=True, ensure_ascii=False)
     return "raw-" + hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
-def time_ago(checkpoint_ns: int | None, settings: RunnerSettings, now_ns: int | None = None) -> str:
-    """The ``-timeAgo`` duration for a (re)start: from the checkpoint minus the margin, or the
-    first-start window when there is no checkpoint yet."""
+def since_ns(checkpoint_ns: int | None, settings: RunnerSettings, now_ns: int | None = None) -> int:
+    """Where a subscription starts in the filer's log: the checkpoint minus the replay margin,
+    or, with no checkpoint yet, the first-start window before now."""
     if checkpoint_ns is None:
-        return f"{int(settings.bridge_start_ago * 1e9)}ns"
-    now_ns = now_ns if now_ns is not None else time.time_ns()
-    margin = int(settings.bridge_replay_margin * 1e9)
-    return f"{max(now_ns - checkpoint_ns + margin, margin, 1)}ns"
+        now_ns = now_ns if now_ns is not None else time.time_ns()
+        return max(now_ns - int(settings.bridge_start_ago * 1e9), 0)
+    return max(checkpoint_ns - int(settings.bridge_replay_margin * 1e9), 0)
+
+
+def filer_grpc_address(settings: RunnerSettings) -> tuple[str, str]:
+    """``(host:port, where it came from)`` of the filer's gRPC API.
+
+    ``P8FS_BRIDGE_FILER_GRPC`` when set; otherwise ``P8FS_SEAWEEDFS_FILER`` (``host:port`` or
+    ``http://host:port``) with the port + 10000, SeaweedFS's own rule. The second element names
+    the setting(s) for error messages.
+    """
+    if settings.bridge_filer_grpc:
+        host, port = _host_port(settings.bridge_filer_grpc, "P8FS_BRIDGE_FILER_GRPC")
+        return f"{host}:{port}", "P8FS_BRIDGE_FILER_GRPC"
+    if not settings.seaweedfs_filer:
+        raise ConfigurationError(
+            "the bridge needs the filer address: set P8FS_SEAWEEDFS_FILER (host:port of the "
+            "filer; its gRPC API is on port + 10000) or P8FS_BRIDGE_FILER_GRPC (host:grpc-port)"
+        )
+    host, port = _host_port(settings.seaweedfs_filer, "P8FS_SEAWEEDFS_FILER")
+    return (
+        f"{host}:{port + FILER_GRPC_PORT_OFFSET}",
+        f"P8FS_SEAWEEDFS_FILER port + {FILER_GRPC_PORT_OFFSET}; set P8FS_BRIDGE_FILER_GRPC if the "
+        "filer's gRPC port differs",
+    )
+
+
+def _host_port(value: str, variable: str) -> tuple[str, int]:
+    text = value.strip()
+    try:
+        parts = urlsplit(text if "://" in text else "//" + text)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"{variable}={value!r} is not host:port ({exc})") from exc
+    if not host or port is None:
+        raise ConfigurationError(f"{variable}={value!r} is not host:port")
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return host, port
+
+
+def _document(response: SubscribeMetadataResponse) -> dict[str, Any]:
+    """One change as the filer's protojson shape (what :func:`parse_event` reads).
+
+    Chunk lists and inlined content are dropped first: nothing downstream reads them, and a
+    large file's chunk list would make every message (and a dead letter) needlessly big.
+    """
+    from google.protobuf.json_format import MessageToDict
+
+    notification = response.event_notification
+    for entry_field in ("old_entry", "new_entry"):
+        if notification.HasField(entry_field):
+            entry = getattr(notification, entry_field)
+            entry.ClearField("chunks")
+            entry.ClearField("content")
+    return MessageToDict(response)
 
 
 class FilerBridge:
     """Follows one filer path prefix into ``p8fs.storage.events``; see the module docstring."""
 
     def __init__(self, settings: RunnerSettings, nc: Client) -> None:
-        if not settings.seaweedfs_filer:
-            raise ConfigurationError(
-                "the bridge needs the filer address: set P8FS_SEAWEEDFS_FILER (host:port)"
-            )
+        self.address, self.address_source = filer_grpc_address(settings)
         self.settings = settings
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.kv: KeyValue | None = None
         self.key = checkpoint_key(settings.bridge_path_prefix)
         self.stats = BridgeStats()
-        self._process: asyncio.subprocess.Process | None = None
-        self._process_started = 0.0
+        # The filer tells subscriptions apart by (client_id, client_epoch): a resubscription
+        # with a higher epoch replaces the old stream instead of being refused as a duplicate.
+        self._client_id = random.randint(1, 2**31 - 1)
+        self._epoch = 0
+        self._subscribed = False
+        self._heartbeats_seen = False
+        self._last_message = 0.0
+        self._outage_since: float | None = None
+        self._outage_attempts = 0
 
     def following(self) -> bool:
-        """Whether ``filer.meta.tail`` is running and has outlived a failed connection (for
-        ``/readyz``): it exits within milliseconds when the filer is unreachable."""
-        return (
-            self._process is not None
-            and self._process.returncode is None
-            and time.monotonic() - self._process_started > FOLLOWING_AFTER
-        )
+        """Whether a SubscribeMetadata stream is open and alive (for ``/readyz``)."""
+        if not self._subscribed:
+            return False
+        if self._heartbeats_seen:
+            return time.monotonic() - self._last_message < STREAM_IDLE_TIMEOUT
+        return True
 
     # -- checkpoint ---------------------------------------------------------------------
 
@@ -210,7 +269,7 @@ class FilerBridge:
         value = {
             "ts_ns": ts_ns,
             "path_prefix": self.settings.bridge_path_prefix,
-            "filer": self.settings.seaweedfs_filer,
+            "filer": self.address,
             "saved_at_ns": time.time_ns(),
         }
         await self.kv.put(self.key, json.dumps(value).encode())
@@ -260,25 +319,24 @@ class FilerBridge:
             self._count(ack)
             return True
 
-    def prepare(self, document: dict[str, Any] | str, checkpoint: int | None) -> _Outgoing:
+    def prepare(self, document: dict[str, Any], checkpoint: int | None) -> _Outgoing:
         """Decide what one change becomes: skipped, ignored, or a message to publish."""
         ts_ns: int | None = None
-        if isinstance(document, dict):
+        with contextlib.suppress(TypeError, ValueError):
             raw_ts = document.get("tsNs")
-            with contextlib.suppress(TypeError, ValueError):
-                ts_ns = int(raw_ts) if raw_ts is not None else None
-            if ts_ns is not None and checkpoint is not None and ts_ns <= checkpoint:
-                self.stats.skipped_before_checkpoint += 1
-                EVENTS.labels("before_checkpoint").inc()
-                return _Outgoing(None, None, "")
+            ts_ns = int(raw_ts) if raw_ts is not None else None
+        if ts_ns is not None and checkpoint is not None and ts_ns <= checkpoint:
+            self.stats.skipped_before_checkpoint += 1
+            EVENTS.labels("before_checkpoint").inc()
+            return _Outgoing(None, None, "")
         try:
             event = parse_event(document)
         except InvalidEvent as exc:
-            text = document if isinstance(document, str) else json.dumps(document)
             log.warning("bridge: invalid filer event, publishing it for dead-lettering: %s", exc)
             self.stats.invalid += 1
             EVENTS.labels("invalid").inc()
-            return _Outgoing(ts_ns, text.encode(), raw_msg_id(text))
+            text = json.dumps(document, ensure_ascii=False)
+            return _Outgoing(ts_ns, text.encode(), raw_msg_id(document))
         if event is None:
             self.stats.ignored += 1
             EVENTS.labels("ignored").inc()
@@ -286,11 +344,11 @@ class FilerBridge:
         return _Outgoing(ts_ns, event.to_json(), event.dedupe_id())
 
     async def publish_batch(
-        self, documents: list[dict[str, Any] | str], checkpoint: int | None, stop: asyncio.Event
+        self, documents: list[dict[str, Any]], checkpoint: int | None, stop: asyncio.Event
     ) -> int | None:
         """Publish a burst of changes pipelined (acks awaited together, order kept by the one
         connection); a failed one is retried alone until it succeeds. Returns the newest
-        ``tsNs`` handled without a gap, i.e. what may be checkpointed."""
+        ``ts_ns`` handled without a gap, i.e. what may be checkpointed."""
         outgoing = [self.prepare(document, checkpoint) for document in documents]
         futures: list[asyncio.Future[Any] | None] = []
         for item in outgoing:
@@ -327,108 +385,60 @@ class FilerBridge:
 
     # -- following the filer ------------------------------------------------------------
 
-    async def _start_tail(self, checkpoint: int | None) -> asyncio.subprocess.Process:
-        from p8fs_runner.embedded import weed_binary
-
-        argv = [
-            str(weed_binary()),
-            "filer.meta.tail",
-            f"-filer={self.settings.seaweedfs_filer}",
-            f"-pathPrefix={self.settings.bridge_path_prefix}",
-            f"-timeAgo={time_ago(checkpoint, self.settings)}",
-        ]
-        log.info(
-            "bridge: following %s%s from %s",
-            self.settings.seaweedfs_filer,
-            self.settings.bridge_path_prefix,
-            "the checkpoint" if checkpoint is not None else "the first-start window",
-        )
-        self.stats.tail_starts += 1
-        return await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            limit=MAX_LINE,
-        )
-
     async def _read(
-        self, process: asyncio.subprocess.Process, queue: asyncio.Queue[dict[str, Any] | str | None]
+        self,
+        call: UnaryStreamCall[Any, SubscribeMetadataResponse],
+        queue: asyncio.Queue[dict[str, Any] | _StreamEnd],
     ) -> None:
-        """Read the tail's output in large chunks (a change is ~60 printed lines: one await per
-        line would cost more than the publishing) and queue each decoded document."""
-        decoder = MetaTailDecoder()
-        assert process.stdout is not None
-        pending = b""
+        """Read the stream into ``queue``: each change as a document, then a :class:`_StreamEnd`.
+
+        A response may carry a batch (the envelope's own change, then ``events``) when the
+        filer is catching up; one with no change in it is a heartbeat or a progress mark.
+        """
+        import grpc
+
         try:
             while True:
-                chunk = await process.stdout.read(READ_CHUNK)
-                if not chunk:
-                    break
-                pending += chunk
-                lines = pending.split(b"\n")
-                pending = lines.pop()
-                if len(pending) > MAX_LINE:
-                    log.warning("bridge: dropping an over-long output line from the tail")
-                    pending = b""
-                for line in lines:
-                    for document in decoder.feed_line(line.decode("utf-8", "replace")):
-                        await queue.put(document)
-            if pending:
-                for document in decoder.feed_line(pending.decode("utf-8", "replace")):
-                    await queue.put(document)
-        finally:
-            await queue.put(None)
-
-    @staticmethod
-    async def _log_stderr(process: asyncio.subprocess.Process) -> None:
-        assert process.stderr is not None
-        while True:
-            line = await process.stderr.readline()
-            if not line:
-                return
-            log.info("weed filer.meta.tail: %s", line.decode("utf-8", "replace").rstrip())
-
-    async def run(self, stop: asyncio.Event | None = None) -> BridgeStats:
-        """Follow the filer until ``stop`` is set; restarts the tail if it exits."""
-        stop = stop or asyncio.Event()
-        checkpoint = await self.open_checkpoint()
-        delay = 1.0
-        while not stop.is_set():
-            process = await self._start_tail(checkpoint)
-            self._process = process
-            started = self._process_started = time.monotonic()
-            queue: asyncio.Queue[dict[str, Any] | str | None] = asyncio.Queue(maxsize=1000)
-            reader = asyncio.create_task(self._read(process, queue))
-            errors = asyncio.create_task(self._log_stderr(process))
-            try:
-                checkpoint = await self._pump(queue, checkpoint, stop)
-            finally:
-                await self._stop_tail(process)
-                reader.cancel()
-                errors.cancel()
-                await asyncio.gather(reader, errors, return_exceptions=True)
-            if stop.is_set():
-                break
-            # The tail ended by itself (filer restarting, unreachable): retry with backoff.
-            delay = 1.0 if time.monotonic() - started > 30 else min(delay * 2, 30.0)
-            log.warning(
-                "bridge: filer.meta.tail exited with %s; restarting in %.0f s",
-                process.returncode,
-                delay,
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-        log.info("bridge stopped: %s", self.stats)
-        return self.stats
+                timeout = STREAM_IDLE_TIMEOUT if self._heartbeats_seen else None
+                try:
+                    response = await asyncio.wait_for(call.read(), timeout=timeout)
+                except TimeoutError:
+                    await queue.put(
+                        _StreamEnd(f"no message (not even a heartbeat) for {timeout:.0f} s")
+                    )
+                    return
+                if response is grpc.aio.EOF:
+                    await queue.put(_StreamEnd(None))
+                    return
+                self._last_message = time.monotonic()
+                if not self._subscribed:
+                    self._subscribed = True
+                    self.stats.subscriptions += 1
+                    FILER_UP.set(1)
+                    self._recovered()
+                for change in (response, *response.events):
+                    notification = change.event_notification
+                    if notification.HasField("old_entry") or notification.HasField("new_entry"):
+                        await queue.put(_document(change))
+                    else:
+                        self.stats.heartbeats += 1
+                        self._heartbeats_seen = self._heartbeats_seen or change.ts_ns > 0
+        except grpc.aio.AioRpcError as exc:
+            await queue.put(_StreamEnd(f"{exc.code().name}: {exc.details()}"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a message we cannot convert: resubscribe, do not die
+            log.exception("bridge: unexpected error reading the filer stream")
+            await queue.put(_StreamEnd(f"{type(exc).__name__}: {exc}"))
 
     async def _pump(
         self,
-        queue: asyncio.Queue[dict[str, Any] | str | None],
+        queue: asyncio.Queue[dict[str, Any] | _StreamEnd],
         checkpoint: int | None,
         stop: asyncio.Event,
-    ) -> int | None:
-        """Publish what the tail prints; checkpoint after each burst. Returns the checkpoint."""
+    ) -> tuple[int | None, _StreamEnd | None]:
+        """Publish what the stream delivers; checkpoint after each burst. Returns the
+        checkpoint and how the stream ended (None: asked to stop)."""
         stopping = asyncio.create_task(stop.wait())
         try:
             while True:
@@ -438,29 +448,136 @@ class FilerBridge:
                 )
                 if getting not in done:
                     getting.cancel()
-                    return checkpoint
+                    return checkpoint, None
                 batch = [getting.result()]
-                while not queue.empty() and len(batch) < 500:
+                while not queue.empty() and len(batch) < BATCH_SIZE:
                     batch.append(queue.get_nowait())
-                ended = None in batch
-                documents = [d for d in batch if d is not None]
+                ends = [item for item in batch if isinstance(item, _StreamEnd)]
+                documents = [item for item in batch if not isinstance(item, _StreamEnd)]
                 newest = await self.publish_batch(documents, checkpoint, stop)
                 if newest is not None and (checkpoint is None or newest > checkpoint):
                     await self.save_checkpoint(newest)
                     checkpoint = newest
-                if ended or stop.is_set():
-                    return checkpoint
+                if stop.is_set():
+                    return checkpoint, None
+                if ends:
+                    return checkpoint, ends[0]
         finally:
             stopping.cancel()
 
-    async def _stop_tail(self, process: asyncio.subprocess.Process) -> None:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), timeout=5)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+    async def _follow(
+        self, checkpoint: int | None, stop: asyncio.Event
+    ) -> tuple[int | None, _StreamEnd | None]:
+        """One subscription: from the checkpoint until the stream ends or ``stop`` is set."""
+        import grpc
+
+        from p8fs_runner.filer_pb import filer_pb2, filer_pb2_grpc
+
+        self._epoch += 1
+        self._subscribed = False
+        self._heartbeats_seen = False
+        self.stats.subscribe_attempts += 1
+        request = filer_pb2.SubscribeMetadataRequest(
+            client_name=CLIENT_NAME,
+            path_prefix=self.settings.bridge_path_prefix,
+            since_ns=since_ns(checkpoint, self.settings),
+            client_id=self._client_id,
+            client_epoch=self._epoch,
+            client_supports_batching=True,
+            client_supports_idle_heartbeat=True,
+        )
+        # A fresh channel per subscription: grpc's own reconnect backoff (up to two minutes)
+        # would otherwise decide when a restarted filer is seen again, not ours.
+        channel = grpc.aio.insecure_channel(
+            self.address,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.enable_retries", 0),
+            ],
+        )
+        queue: asyncio.Queue[dict[str, Any] | _StreamEnd] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        call = filer_pb2_grpc.SeaweedFilerStub(channel).SubscribeMetadata(request)
+        reader = asyncio.create_task(self._read(call, queue))
+        try:
+            return await self._pump(queue, checkpoint, stop)
+        finally:
+            self._subscribed = False
+            FILER_UP.set(0)
+            call.cancel()
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await channel.close()
+
+    def _lost(self, end: _StreamEnd, was_subscribed: bool) -> None:
+        """Log an outage once, when it starts; later failed attempts only at debug level."""
+        reason = end.error or "the filer closed the stream"
+        if self._outage_since is not None:
+            self._outage_attempts += 1
+            log.debug("bridge: filer at %s still unavailable (%s)", self.address, reason)
+            return
+        self._outage_since = time.monotonic()
+        self._outage_attempts = 1
+        self.stats.outages += 1
+        if was_subscribed:
+            log.warning(
+                "bridge: the filer's SubscribeMetadata stream at %s ended (%s); resubscribing "
+                "with backoff from the checkpoint",
+                self.address,
+                reason,
+            )
+        else:
+            log.error(
+                "bridge: cannot subscribe to the filer's gRPC API at %s (%s): %s; retrying "
+                "with backoff until it answers",
+                self.address,
+                self.address_source,
+                reason,
+            )
+
+    def _recovered(self) -> None:
+        if self._outage_since is None:
+            log.info(
+                "bridge: following %s on the filer at %s",
+                self.settings.bridge_path_prefix,
+                self.address,
+            )
+            return
+        log.warning(
+            "bridge: following the filer at %s again after %.1f s (%d failed attempts); "
+            "resumed from the checkpoint",
+            self.address,
+            time.monotonic() - self._outage_since,
+            self._outage_attempts,
+        )
+        self._outage_since = None
+        self._outage_attempts = 0
+
+    async def run(self, stop: asyncio.Event | None = None) -> BridgeStats:
+        """Follow the filer until ``stop`` is set, resubscribing (with backoff) when the stream
+        ends; each subscription resumes from the checkpoint."""
+        stop = stop or asyncio.Event()
+        checkpoint = await self.open_checkpoint()
+        log.info(
+            "bridge: subscribing to %s on the filer at %s from %s",
+            self.settings.bridge_path_prefix,
+            self.address,
+            "the checkpoint" if checkpoint is not None else "the first-start window",
+        )
+        delay = RECONNECT_MIN
+        while not stop.is_set():
+            subscriptions = self.stats.subscriptions
+            checkpoint, end = await self._follow(checkpoint, stop)
+            if stop.is_set() or end is None:
+                break
+            was_subscribed = self.stats.subscriptions > subscriptions
+            if was_subscribed:
+                delay = RECONNECT_MIN
+            self._lost(end, was_subscribed)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+        log.info("bridge stopped: %s", self.stats)
+        return self.stats
 
 
 async def run_bridge(
@@ -472,12 +589,13 @@ async def run_bridge(
     """Connect to NATS and run the bridge until ``stop`` is set (the CLI sets it on SIGTERM).
 
     Serves ``/metrics``, ``/healthz`` and ``/readyz`` on ``metrics_port`` (default
-    ``P8FS_METRICS_PORT``); ready means connected to NATS with ``filer.meta.tail`` running.
+    ``P8FS_METRICS_PORT``); ready means connected to NATS with a live SubscribeMetadata stream.
     """
     from p8fs_runner.connection import connect_nats
     from p8fs_runner.metrics import start_probe_server
 
     settings = settings or RunnerSettings()
+    filer_grpc_address(settings)  # a configuration error before connecting to anything
     nc = await connect_nats(settings, name="p8fs-bridge")
     bridge = FilerBridge(settings, nc)
 

@@ -66,6 +66,12 @@ class RunnerSettings(Settings):
     )
 
     # -- SeaweedFS event bridge -----------------------------------------------------------
+    bridge_filer_grpc: str | None = Field(
+        None,
+        description="host:port of the filer's gRPC API, whose SubscribeMetadata stream the bridge "
+        "follows; unset means the host of P8FS_SEAWEEDFS_FILER with its port + 10000 "
+        "(SeaweedFS's default; set this when the filer runs with -port.grpc).",
+    )
     bridge_path_prefix: str = Field(
         "/buckets", description="Filer path the bridge follows (S3 buckets live under it)."
     )
