@@ -1,9 +1,13 @@
-"""The Kubernetes manifests: they parse, use known kinds, agree with the runner's tier table, and
-every command they run exists in the ``p8fs-run`` CLI (resolved through click, options too)."""
+"""The Kubernetes manifests: they parse, use known kinds, agree with the runner's tier table,
+every command they run exists in the ``p8fs-run`` CLI (resolved through click, options too), and
+what ``kubectl kustomize`` renders passes Kubernetes' and KEDA's own schemas, with the image named
+once in kustomization.yaml (tests/image/ checks the built image's version against that tag)."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,7 @@ import yaml
 
 from p8fs_runner.settings import RunnerSettings
 from p8fs_runner.tiers import TIERS
-from tests.fixtures.servers import REPO_ROOT
+from tests.fixtures.servers import REPO_ROOT, server_missing
 
 K8S = REPO_ROOT / "deploy" / "k8s"
 
@@ -293,3 +297,166 @@ def test_the_resolver_rejects_what_click_rejects() -> None:
         resolve(main, ["router", "--no-such-option"], "p8fs-run")
     assert resolve(main, ["--tier", "small"], "p8fs-run") == "p8fs-run"
     assert resolve(main, ["dlq", "list"], "p8fs-run") == "p8fs-run dlq list"
+
+
+# -- the rendered manifests (kubectl kustomize) against the cluster's own schemas --------------
+
+VALIDATE = REPO_ROOT / "deploy" / "validate.py"
+KUSTOMIZATION = K8S / "kustomization.yaml"
+#: The original system's image: it runs the original code, never p8fs.
+ORIGINAL_IMAGE = "percolationlabs/p8fs-eco"
+#: The workloads that read files (any type: routing is by size) get the full image.
+FULL_IMAGE_WORKLOADS = {f"storage-worker-{tier}" for tier in TIERS if tier != "test"}
+#: nats-jetstream trigger parameters KEDA 2.20 reads (kedacore/keda,
+#: pkg/scalers/nats_jetstream_scaler.go, parseNATSJetStreamMetadata); the CRD types trigger
+#: metadata as a free map of strings, so a misspelled key passes the schema and is ignored.
+NATS_JETSTREAM_PARAMETERS = {
+    "natsServerMonitoringEndpoint",
+    "account",
+    "stream",
+    "consumer",
+    "lagThreshold",
+    "activationLagThreshold",
+    "useHttps",
+}
+
+
+def _validator_module() -> Any:
+    spec = importlib.util.spec_from_file_location("p8fs_deploy_validate", VALIDATE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def validate() -> Any:
+    return _validator_module()
+
+
+@pytest.fixture(scope="module")
+def rendered(validate: Any) -> list[dict[str, Any]]:
+    """``kubectl kustomize deploy/k8s``: what ``kubectl apply -k`` would send."""
+    import shutil
+
+    if shutil.which("kubectl") is None:
+        server_missing("kubectl (Debian: apt-get install kubernetes-client; needs kustomize)")
+    documents: list[dict[str, Any]] = validate.render(K8S)
+    return documents
+
+
+def _rendered_containers(documents: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for doc in documents:
+        if doc["kind"] in ("Deployment", "CronJob"):
+            for container in pod_spec(doc)["containers"] + pod_spec(doc).get("initContainers", []):
+                found.append((doc["metadata"]["name"], container))
+    return found
+
+
+def test_rendered_manifests_match_kubernetes_and_keda_schemas(
+    rendered: list[dict[str, Any]], validate: Any
+) -> None:
+    validator = validate.ManifestValidator()
+    kinds = {(d["apiVersion"], d["kind"]) for d in rendered}
+    assert ("keda.sh/v1alpha1", "ScaledObject") in kinds
+    assert ("apps/v1", "Deployment") in kinds and ("batch/v1", "CronJob") in kinds
+    assert len(rendered) == 12  # namespace, config, router, 3 workers, 3 scalers, bridge, 2 jobs
+    problems = [p for doc in rendered for p in validator.errors(doc)]
+    assert problems == []
+
+
+def test_the_validator_rejects_unknown_kinds_and_misspelled_fields(
+    rendered: list[dict[str, Any]], validate: Any
+) -> None:
+    import copy
+
+    validator = validate.ManifestValidator()
+    unknown = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledThing", "metadata": {"name": "x"}}
+    (problem,) = validator.errors(unknown)
+    assert "no schema for this kind" in problem
+    (problem,) = validator.errors({**unknown, "apiVersion": "v1", "kind": "Frobnicator"})
+    assert "no schema for this kind" in problem
+
+    scaler = next(d for d in rendered if d["kind"] == "ScaledObject")
+    misspelled = copy.deepcopy(scaler)
+    misspelled["spec"]["minReplicaCont"] = misspelled["spec"].pop("minReplicaCount")
+    assert any("'minReplicaCont' was unexpected" in p for p in validator.errors(misspelled))
+    wrong_type = copy.deepcopy(scaler)
+    wrong_type["spec"]["maxReplicaCount"] = "twenty"
+    assert any("maxReplicaCount" in p for p in validator.errors(wrong_type))
+    no_triggers = copy.deepcopy(scaler)
+    del no_triggers["spec"]["triggers"]
+    assert any("'triggers' is a required property" in p for p in validator.errors(no_triggers))
+
+    deployment = copy.deepcopy(next(d for d in rendered if d["kind"] == "Deployment"))
+    deployment["spec"]["replicas"] = "two"
+    pod_spec(deployment)["containers"][0]["volumeMount"] = []
+    problems = list(validator.errors(deployment))
+    assert any("'volumeMount' was unexpected" in p for p in problems)
+    assert any("spec.replicas" in p and "'two'" in p for p in problems)
+
+
+def test_nats_jetstream_triggers_use_only_parameters_keda_reads(
+    rendered: list[dict[str, Any]],
+) -> None:
+    triggers = [t for d in rendered if d["kind"] == "ScaledObject" for t in d["spec"]["triggers"]]
+    assert len(triggers) == 3
+    for trigger in triggers:
+        assert set(trigger["metadata"]) <= NATS_JETSTREAM_PARAMETERS, trigger["metadata"]
+
+
+# -- the image: one place names it, every workload runs it, the tag says which code ---------------
+
+
+def kustomize_images() -> dict[str, dict[str, str]]:
+    kustomization = yaml.safe_load(KUSTOMIZATION.read_text())
+    return {entry["name"]: entry for entry in kustomization.get("images", [])}
+
+
+def project_version() -> str:
+    import tomllib
+
+    with (REPO_ROOT / "packages" / "p8fs-runner" / "pyproject.toml").open("rb") as handle:
+        return str(tomllib.load(handle)["project"]["version"])
+
+
+def test_kustomization_names_both_images_with_the_project_version() -> None:
+    images = kustomize_images()
+    assert set(images) == {"p8fs-slim", "p8fs-full"}
+    for target in ("slim", "full"):
+        entry = images[f"p8fs-{target}"]
+        assert entry["newTag"] == f"{project_version()}-{target}", entry
+        assert ORIGINAL_IMAGE not in entry["newName"], entry
+        assert "latest" not in entry["newTag"]
+    # one repository, two tags
+    assert images["p8fs-slim"]["newName"] == images["p8fs-full"]["newName"]
+
+
+def test_manifests_name_the_image_only_through_kustomize() -> None:
+    for name, doc in workloads():
+        for container in pod_spec(doc)["containers"]:
+            assert container["image"] in {"p8fs-slim", "p8fs-full"}, f"{name}: {container['image']}"
+    for path in manifest_files():
+        assert ORIGINAL_IMAGE not in path.read_text(), path.name
+
+
+def test_every_rendered_container_runs_the_image_and_tag_of_kustomization(
+    rendered: list[dict[str, Any]],
+) -> None:
+    images = kustomize_images()
+    containers = _rendered_containers(rendered)
+    assert len(containers) == 7
+    for name, container in containers:
+        target = "full" if name in FULL_IMAGE_WORKLOADS else "slim"
+        entry = images[f"p8fs-{target}"]
+        assert container["image"] == f"{entry['newName']}:{entry['newTag']}", name
+        assert not container["image"].endswith(":latest"), name
+        assert ORIGINAL_IMAGE not in container["image"], name
+
+
+def test_config_sets_three_stream_replicas_for_the_cluster() -> None:
+    config = by_kind("ConfigMap")["p8fs-config"]["data"]
+    assert config["P8FS_NATS_REPLICAS"] == "3"
+    assert config["TMPDIR"] == "/scratch" and config["P8FS_DATA_DIR"].startswith("/scratch/")

@@ -61,10 +61,20 @@ def _settings() -> RunnerSettings:
 
 @contextmanager
 def _services(embed: bool = True) -> Iterator[RunnerSettings]:
-    """Resolved settings: configured services, or (``embed``) embedded ones started here."""
+    """Resolved settings: configured services, or (``embed``) embedded ones started here.
+
+    The commands that run a service (worker, router, bridge, self-test) are the ones that may
+    embed; they first check that TMPDIR and P8FS_DATA_DIR are writable (see ``scratch``)."""
     from p8fs.errors import ConfigurationError, P8fsError
 
     settings = _settings()
+    if embed:
+        from p8fs_runner.scratch import check_scratch
+
+        try:
+            check_scratch(settings.data_dir)
+        except ConfigurationError as exc:
+            raise RunnerCliError(str(exc), EXIT_SERVICES) from exc
     from p8fs_runner.connection import import_nats_fast
 
     import_nats_fast(settings.nats_url)
