@@ -201,3 +201,46 @@ async def test_mutual_tls_from_settings(tmp_path: Path) -> None:
         )
         with pytest.raises((NatsError, OSError)):
             await nats.connect(**no_retry(plain.nats_connect_options()))
+
+
+# -- a cluster: several URLs, replicas (issue 11) -----------------------------------------------
+
+
+def test_several_nats_urls_are_one_server_pool_each_redacted() -> None:
+    configured = settings(
+        nats_url="nats://u:pw-one@n1:4222, nats://n2:4222 ,nats://a-token@n3:4222,"
+    )
+    assert configured.nats_servers() == [
+        "nats://u:pw-one@n1:4222",
+        "nats://n2:4222",
+        "nats://a-token@n3:4222",
+    ]
+    assert configured.nats_connect_options()["servers"] == configured.nats_servers()
+    shown = configured.redacted_nats_url()
+    assert shown == "nats://u:***@n1:4222,nats://n2:4222,nats://***@n3:4222"
+    assert "pw-one" not in shown and "a-token" not in shown
+    with pytest.raises(ConfigurationError, match="P8FS_NATS_URL holds no URL"):
+        settings(nats_url=" , ").nats_servers()
+
+
+def test_replicas_come_from_one_setting_and_reach_every_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert {q.replicas for q in settings().queues()} == {1}
+    monkeypatch.setenv("P8FS_NATS_REPLICAS", "3")
+    configured = RunnerSettings(_env_file=None)  # type: ignore[call-arg]
+    assert configured.nats_replicas == 3
+    assert {q.name: q.replicas for q in configured.queues()} == {
+        "router": 3,
+        "small": 3,
+        "medium": 3,
+        "large": 3,
+        "test": 3,
+    }
+    # Tier overrides and replicas combine: one does not undo the other.
+    both = settings(nats_replicas=3, tier_overrides={"small": {"max_deliver": 9}})
+    assert both.queue("small").replicas == 3 and both.queue("small").max_deliver == 9
+    for bad in ("0", "6"):
+        monkeypatch.setenv("P8FS_NATS_REPLICAS", bad)
+        with pytest.raises(ValueError, match="nats_replicas"):
+            RunnerSettings(_env_file=None)  # type: ignore[call-arg]

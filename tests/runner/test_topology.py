@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from nats.js import api
 
+from p8fs.errors import ConfigurationError
 from p8fs_runner import tiers
 from p8fs_runner.tiers import GiB, MiB, tier_for_size
 from p8fs_runner.topology import (
@@ -16,9 +19,15 @@ from p8fs_runner.topology import (
     consumer_config,
     ensure_topology,
 )
+from tests.fixtures.nats_cluster import (
+    NatsCluster,
+    nats_cluster_fixture,  # noqa: F401
+    start_cluster,
+)
 
 if TYPE_CHECKING:
     from p8fs_runner.embedded import EmbeddedNats
+    from p8fs_runner.settings import RunnerSettings
 
 
 @pytest.fixture
@@ -163,3 +172,174 @@ def test_consumer_config_is_the_table_row() -> None:
     assert c.durable_name == "large-workers"
     assert c.max_ack_pending == tiers.LARGE.max_ack_pending
     assert c.ack_wait == tiers.LARGE.backoff[0]
+
+
+# -- a cluster: replicas, nodes down, no JetStream (issue 11) -----------------------------------
+
+
+def _cluster_settings(cluster: NatsCluster, **values: Any) -> RunnerSettings:
+    from p8fs_runner.settings import RunnerSettings
+
+    return RunnerSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        nats_url=cluster.address,
+        nats_user=cluster.user,
+        nats_password=cluster.password,
+        metrics_port=0,
+        **values,
+    )
+
+
+async def test_the_router_creates_r3_streams_and_consumers_from_the_setting(
+    nats_cluster: NatsCluster,
+) -> None:
+    """The deployed path: ``P8FS_NATS_REPLICAS=3`` -> ``settings.queues()`` -> ``serve_router``
+    (as ``p8fs-run router --setup-only`` calls it) -> three copies of every stream, held by
+    three different nodes, and consumers that inherit them."""
+    import nats
+
+    from p8fs_runner.runtime import serve_router
+
+    configured = _cluster_settings(nats_cluster, nats_replicas=3)
+    await serve_router(configured, asyncio.Event(), queues=configured.queues(), setup_only=True)
+    nc = await nats.connect(**nats_cluster.connect_options())
+    try:
+        js = nc.jetstream()
+        for name in [q.stream for q in tiers.ALL_QUEUES] + [tiers.DLQ_STREAM]:
+            info = await js.stream_info(name)
+            assert info.config.num_replicas == 3, name
+            assert sorted(nats_cluster.stream_replicas(name)) == ["n1", "n2", "n3"], name
+        for q in tiers.ALL_QUEUES:
+            consumer = await js.consumer_info(q.stream, q.durable)
+            peers = {consumer.cluster.leader, *(p.name for p in consumer.cluster.replicas or [])}
+            assert peers == {"n1", "n2", "n3"}, q.durable
+    finally:
+        await nc.close()
+
+
+async def test_replicas_of_existing_streams_follow_the_setting_without_losing_messages(
+    nats_cluster: NatsCluster,
+) -> None:
+    import nats
+
+    nc = await nats.connect(**nats_cluster.connect_options())
+    try:
+        js = nc.jetstream()
+        await ensure_topology(js, replicas=1)
+        for i in range(20):
+            await js.publish(tiers.SMALL.subject, f"event {i}".encode())
+        assert len(nats_cluster.stream_replicas(tiers.SMALL.stream)) == 1
+
+        report = await ensure_topology(js, replicas=3)
+        streams = [q.stream for q in tiers.ALL_QUEUES] + [tiers.DLQ_STREAM]
+        assert sorted(report.streams_updated) == sorted(streams)
+        assert report.streams_created == [] and report.consumers_updated == []
+        info = await js.stream_info(tiers.SMALL.stream)
+        assert info.config.num_replicas == 3 and info.state.messages == 20
+        # The same setting again changes nothing: no update request is sent at all.
+        assert (await ensure_topology(js, replicas=3)).streams_updated == []
+
+        async def copies() -> int:
+            return len(nats_cluster.stream_replicas(tiers.SMALL.stream))
+
+        await _eventually(lambda: copies(), 3, limit=30)
+        # Back to one copy (an operator going back to one server): also in place.
+        report = await ensure_topology(js, replicas=1)
+        assert sorted(report.streams_updated) == sorted(streams)
+        assert (await js.stream_info(tiers.SMALL.stream)).state.messages == 20
+    finally:
+        await nc.close()
+
+
+async def _eventually(probe: Any, expected: Any, *, limit: float) -> None:
+    """Poll ``await probe()`` until it returns ``expected`` (replica moves are asynchronous:
+    an R1 -> R3 scale-up took ~10 s for the stream, ~20 s for its consumer, measured)."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while (value := await probe()) != expected:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"still {value!r} after {limit:.0f} s, expected {expected!r}")
+        await asyncio.sleep(0.25)
+
+
+async def test_more_replicas_than_servers_is_an_error_naming_the_setting(
+    js: Any, nats_cluster: NatsCluster
+) -> None:
+    # One server (the ``js`` fixture's): JetStream refuses any R > 1.
+    with pytest.raises(
+        ConfigurationError, match=r"P8FS_NATS_REPLICAS=3: stream P8FS_STORAGE_EVENTS"
+    ):
+        await ensure_topology(js, replicas=3)
+    # Existing R1 streams with messages are left as they were when the update is refused.
+    await ensure_topology(js, replicas=1)
+    await js.publish(tiers.SMALL.subject, b"kept")
+    with pytest.raises(ConfigurationError, match="non-clustered mode"):
+        await ensure_topology(js, replicas=2)
+    info = await js.stream_info(tiers.SMALL.stream)
+    assert (info.config.num_replicas, info.state.messages) == (1, 1)
+
+    # Three servers: five copies cannot be placed.
+    import nats
+
+    nc = await nats.connect(**nats_cluster.connect_options())
+    try:
+        with pytest.raises(ConfigurationError, match=r"P8FS_NATS_REPLICAS=5: .*at most the number"):
+            await ensure_topology(nc.jetstream(), replicas=5)
+    finally:
+        await nc.close()
+
+
+async def test_a_cluster_without_jetstream_is_an_error_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    import nats
+
+    cluster = start_cluster(tmp_path / "no-js", jetstream=False)
+    try:
+        nc = await nats.connect(**cluster.connect_options())
+        try:
+            js = nc.jetstream()
+            with pytest.raises(ConfigurationError, match="has no JetStream") as caught:
+                await ensure_topology(js)
+            assert "P8FS_NATS_URL" in str(caught.value)
+            assert "127.0.0.1:" in str(caught.value)  # which server
+            with pytest.raises(ConfigurationError, match="has no JetStream"):
+                await bind_consumer(js, tiers.SMALL)
+        finally:
+            await nc.close()
+    finally:
+        cluster.stop()
+
+
+async def test_a_node_down_at_start_is_skipped_and_none_up_is_a_clear_error(
+    nats_cluster: NatsCluster,
+) -> None:
+    from p8fs_runner.connection import NatsUnavailable, connect_nats
+
+    configured = _cluster_settings(nats_cluster, nats_replicas=3)
+    nc = await connect_nats(configured)
+    await ensure_topology(nc.jetstream(), configured.queues())
+    await nc.close()
+
+    # The first URL's node is down: the router and the workers start on the others.
+    first = nats_cluster.nodes[0]
+    nats_cluster.kill(first)
+    for _ in range(3):
+        nc = await connect_nats(configured, deadline=5)
+        try:
+            assert nc.connected_url is not None and nc.connected_url.port != first.port
+            js = nc.jetstream()
+            report = await ensure_topology(js, configured.queues())
+            assert report.summary() == "topology already up to date"
+            await bind_consumer(js, tiers.SMALL)
+        finally:
+            await nc.close()
+
+    # None up: an error naming every URL tried, without the password.
+    for node in nats_cluster.nodes[1:]:
+        nats_cluster.kill(node)
+    with pytest.raises(NatsUnavailable) as caught:
+        await connect_nats(configured, deadline=2)
+    message = str(caught.value)
+    assert "any of the 3 NATS servers of P8FS_NATS_URL" in message
+    assert all(node.address in message for node in nats_cluster.nodes)
+    assert nats_cluster.password.get_secret_value() not in message

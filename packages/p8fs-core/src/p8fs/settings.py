@@ -58,7 +58,10 @@ class Settings(BaseSettings):
 
     # -- object storage and broker ----------------------------------------------------
     nats_url: str | None = Field(
-        None, description="NATS server URL; unset means embedded nats-server in development."
+        None,
+        description="NATS server URL, or several separated by commas (the nodes of a cluster: "
+        "the runner connects to those that answer); unset means embedded nats-server in "
+        "development.",
     )
     seaweedfs_endpoint: str | None = Field(
         None, description="S3 endpoint of SeaweedFS, e.g. http://localhost:8333."

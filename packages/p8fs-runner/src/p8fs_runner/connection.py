@@ -24,11 +24,12 @@ def import_nats_fast(url: str | None = None) -> None:
     a worker's start time (0.3 s idle, ~1 s on a loaded node; measured with ``-X importtime``),
     and a worker must have its first fetch out within a second. Hiding aiohttp while nats-py is
     imported makes it fall back to "no WebSocket support" (its own ``ImportError`` branch);
-    aiohttp is importable again right after, for s3fs. ``ws://``/``wss://`` URLs keep it.
+    aiohttp is importable again right after, for s3fs. ``ws://``/``wss://`` URLs keep it
+    (any of a comma-separated list).
     """
     if "nats.aio.client" in sys.modules or "aiohttp" in sys.modules:
         return
-    if url is not None and url.startswith(("ws://", "wss://")):
+    if url is not None and any(u.strip().startswith(("ws://", "wss://")) for u in url.split(",")):
         return
     sys.modules["aiohttp"] = None  # type: ignore[assignment]  # `import aiohttp` -> ImportError
     try:
@@ -50,11 +51,14 @@ async def connect_nats(
     deadline: float = 10.0,
     **overrides: Any,
 ) -> Client:
-    """Connect with the settings' URL, credentials and TLS; logs disconnects and reconnects.
+    """Connect with the settings' URLs, credentials and TLS; logs disconnects and reconnects.
 
     The settings ask nats-py to reconnect forever (a broker restart must not kill a worker),
     which nats-py also applies to the *first* connection; ``deadline`` bounds that one, so a
-    wrong URL fails in seconds with the URL (redacted) in the message.
+    wrong URL fails in seconds with the URL (redacted) in the message. With several URLs
+    (``P8FS_NATS_URL`` listing a cluster's nodes) nats-py tries each in turn: a node that is
+    down at start is skipped, and only when none answers within ``deadline`` is it an error,
+    which names every URL tried.
     """
     import asyncio
     import contextlib
@@ -64,12 +68,24 @@ async def connect_nats(
     options = settings.nats_connect_options()
     options.update(overrides)
     where = settings.redacted_nats_url()
+    servers = options.get("servers") or []
+    if len(servers) > 1:
+        target = f"any of the {len(servers)} NATS servers of P8FS_NATS_URL ({where})"
+    else:
+        target = f"NATS at {where} (P8FS_NATS_URL)"
+
+    async def connected_to(nc: Client) -> str:
+        url = nc.connected_url
+        return f"{url.hostname}:{url.port}" if url is not None else "?"
+
+    client: list[Client] = []
 
     async def disconnected() -> None:
-        log.info("disconnected from NATS at %s", where)
+        log.info("disconnected from NATS (%s)", where)
 
     async def reconnected() -> None:
-        log.info("reconnected to NATS at %s", where)
+        now = await connected_to(client[0]) if client else "?"
+        log.info("reconnected to NATS at %s (of %s)", now, where)
 
     loop = asyncio.get_running_loop()
     refused: asyncio.Future[Exception] = loop.create_future()
@@ -91,20 +107,23 @@ async def connect_nats(
             {connecting, refused}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED
         )
         if connecting in done:
-            return connecting.result()
+            nc = connecting.result()
+            client.append(nc)
+            if len(servers) > 1:
+                log.info("connected to NATS at %s (of %s)", await connected_to(nc), where)
+            return nc
         if refused in done:
             problem = f"the server refused our credentials ({refused.result()})"
         else:
             problem = f"no connection within {deadline:.0f} s"
         raise NatsUnavailable(
-            f"cannot connect to NATS at {where} (P8FS_NATS_URL and P8FS_NATS_* credentials): "
-            f"{problem}"
+            f"cannot connect to {target} with the P8FS_NATS_* credentials: {problem}"
         )
     except NatsUnavailable:
         raise
     except Exception as exc:
         raise NatsUnavailable(
-            f"cannot connect to NATS at {where} (P8FS_NATS_URL and P8FS_NATS_* credentials): "
+            f"cannot connect to {target} with the P8FS_NATS_* credentials: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
     finally:

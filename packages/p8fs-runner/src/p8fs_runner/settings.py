@@ -42,6 +42,14 @@ class RunnerSettings(Settings):
         None,
         description="NATS monitoring endpoint (http://host:8222), used by status and probes.",
     )
+    nats_replicas: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="Replicas of every stream the router creates (tiers, self-test, dead "
+        "letters): 1 for one server, 3 on a 3-node JetStream cluster so that losing a node "
+        "loses no message and stops no tier. The router updates existing streams to it.",
+    )
 
     # -- runtime ------------------------------------------------------------------------
     metrics_port: int = Field(
@@ -95,9 +103,11 @@ class RunnerSettings(Settings):
         from p8fs_runner import tiers
 
         try:
-            return tiers.apply_overrides(tiers.ALL_QUEUES, self.tier_overrides)
+            queues = tiers.apply_overrides(tiers.ALL_QUEUES, self.tier_overrides)
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"P8FS_TIER_OVERRIDES: {exc}") from exc
+        # The streams' replicas come from P8FS_NATS_REPLICAS (one value for the cluster).
+        return tuple(q.with_overrides(replicas=self.nats_replicas) for q in queues)
 
     def queue(self, name: str) -> QueueSpec:
         """The worker queue ``name`` (small, medium, large, test) with its overrides."""
@@ -109,9 +119,22 @@ class RunnerSettings(Settings):
     def resolved_nats_url(self) -> str:
         return self.nats_url or DEFAULT_NATS_URL
 
+    def nats_servers(self) -> list[str]:
+        """Every URL of ``P8FS_NATS_URL`` (comma-separated: the nodes of a cluster), in order.
+
+        nats-py takes the list as its server pool: it connects to one that answers and moves
+        to another when that one is lost, so a node down at start or during work is no outage.
+        """
+        servers = [url.strip() for url in self.resolved_nats_url().split(",") if url.strip()]
+        if not servers:
+            raise ConfigurationError(
+                "P8FS_NATS_URL holds no URL: give one or several comma-separated nats:// URLs"
+            )
+        return servers
+
     def redacted_nats_url(self) -> str:
-        """The NATS URL with any password or token in it replaced by ``***`` (safe to print)."""
-        return redact_url(self.resolved_nats_url())
+        """Every NATS URL with any password or token in it replaced by ``***`` (safe to print)."""
+        return ",".join(redact_url(url) for url in self.nats_servers())
 
     def nats_connect_options(self) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect`` built from these settings.
@@ -121,7 +144,7 @@ class RunnerSettings(Settings):
         would only honour one and the failure would be confusing.
         """
         options: dict[str, Any] = {
-            "servers": [self.resolved_nats_url()],
+            "servers": self.nats_servers(),
             # A broker restart must not kill a worker: keep reconnecting, briefly.
             "allow_reconnect": True,
             "max_reconnect_attempts": -1,

@@ -40,6 +40,8 @@ DLQ_STREAM = "P8FS_STORAGE_EVENTS_DLQ"
 DUPLICATE_WINDOW = 600.0
 #: Dead letters are kept this long (an operator replays or lets them expire).
 DLQ_MAX_AGE = 30 * 24 * 3600.0
+#: JetStream keeps at most five copies of a stream.
+MAX_REPLICAS = 5
 
 TierName = Literal["small", "medium", "large", "test"]
 TIER_NAMES: tuple[str, ...] = ("small", "medium", "large")
@@ -72,6 +74,9 @@ class QueueSpec:
     description: str = ""
     #: The seed's memory limit of this tier's pods (documentation and manifests).
     memory: str = field(default="", compare=False)
+    #: Copies of the stream (and its consumer) JetStream keeps: ``P8FS_NATS_REPLICAS``, the
+    #: same for every queue (:meth:`RunnerSettings.queues` sets it); 3 on a 3-node cluster.
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         if not self.backoff or any(b <= 0 for b in self.backoff):
@@ -83,6 +88,8 @@ class QueueSpec:
             raise ValueError(f"queue {self.name}: max_deliver must exceed len(backoff)")
         if self.batch < 1 or self.concurrency < 1 or self.max_ack_pending < self.concurrency:
             raise ValueError(f"queue {self.name}: batch, concurrency, max_ack_pending inconsistent")
+        if not 1 <= self.replicas <= MAX_REPLICAS:
+            raise ValueError(f"queue {self.name}: replicas must be 1 to {MAX_REPLICAS}")
 
     @property
     def ack_wait(self) -> float:
