@@ -82,7 +82,7 @@ MAX_MESSAGE_BYTES = 1 << 30
 STREAM_IDLE_TIMEOUT = 30.0
 #: Delay before the first resubscription after a failure, and the most it grows to.
 RECONNECT_MIN = 0.5
-RECONNECT_MAX = 15.0
+RECONNECT_MAX = 10.0
 #: Changes queued between the gRPC reader and the publisher (back-pressure on the stream).
 QUEUE_SIZE = 2000
 #: Largest burst published before a checkpoint is written.
