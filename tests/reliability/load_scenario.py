@@ -245,11 +245,19 @@ class Faults:
     nats_restarts: int = 0
     database_stops: int = 0
     s3_outages: int = 0
+    #: SIGKILLs of a node of a NATS cluster (tests/runner/test_cluster.py).
+    nats_node_kills: int = 0
     log: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        return self.worker_kills + self.nats_restarts + self.database_stops + self.s3_outages
+        return (
+            self.worker_kills
+            + self.nats_restarts
+            + self.database_stops
+            + self.s3_outages
+            + self.nats_node_kills
+        )
 
     started: float = field(default_factory=time.monotonic)
 
@@ -294,6 +302,29 @@ class Report:
             or self.unexpected_dead_letters
         )
 
+    def failures(self) -> list[str]:
+        """Every expectation of a clean round this report breaks (empty when all are met):
+        each good file stored once with the reference's chunks, each poison file with its
+        errors row and exactly one dead letter, one jobs row per event, nothing left queued."""
+        checks = [
+            (self.lost, "good files lost"),
+            (self.duplicated, "duplicated or stray files"),
+            (self.wrong, "files whose rows differ from the reference"),
+            (self.missing_errors, "poison files without an errors row"),
+            (self.missing_dead_letters, "poison files without exactly one dead letter"),
+            (self.unexpected_dead_letters, "good files dead-lettered"),
+        ]
+        out = [f"{len(items)} {what}, e.g. {items[:3]}" for items, what in checks if items]
+        if self.pending:
+            out.append(f"{self.pending} messages left in a stream or waiting for an ack")
+        if self.files_rows != self.good:
+            out.append(f"{self.files_rows} files rows for {self.good} good files")
+        if self.dead_letters != self.poison:
+            out.append(f"{self.dead_letters} dead letters for {self.poison} poison files")
+        if self.jobs_rows != self.events:
+            out.append(f"{self.jobs_rows} jobs rows for {self.events} events")
+        return out
+
     def lines(self) -> list[str]:
         def pct(values: list[float], q: float) -> str:
             if not values:
@@ -313,7 +344,7 @@ class Report:
             f"left in the queues    {self.pending:>8,}",
             f"faults injected       {f.total:>8,}  ({f.worker_kills} worker SIGKILLs, "
             f"{f.nats_restarts} nats-server restarts, {f.database_stops} database stops, "
-            f"{f.s3_outages} S3 outages)",
+            f"{f.s3_outages} S3 outages, {f.nats_node_kills} NATS node SIGKILLs)",
             f"lost                  {len(self.lost):>8,}",
             f"duplicated            {len(self.duplicated):>8,}",
             f"wrong content         {len(self.wrong):>8,}",
@@ -338,19 +369,28 @@ class LoadScenario:
         work_dir: Path,
         workers_per_tier: int = 2,
         echo: Callable[[str], None] = print,
+        nats: Any = None,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """``nats``: a running NATS the scenario uses instead of starting a
+        :class:`RestartableNats` of its own (and does not stop), e.g. the 3-node
+        :class:`tests.fixtures.nats_cluster.NatsCluster`; ``env``: more environment for every
+        runner process (``P8FS_NATS_REPLICAS``)."""
         self.database = database
         self.seaweedfs = seaweedfs
         self.work_dir = work_dir
         self.workers_per_tier = workers_per_tier
         self.echo = echo
+        self._given_nats = nats
+        self.extra_env = dict(env or {})
         self.faults = Faults()
         self.published_at: dict[str, float] = {}
         self.planned: list[Planned] = []
         self.processes: dict[str, RunnerProcess] = {}
         self._spawned = 0
         self.killed: set[str] = set()
-        self.nats: RestartableNats | None = None
+        #: A RestartableNats of the scenario's own, or the ``nats`` it was given.
+        self.nats: Any = None
         self.proxy: PausableProxy | None = None
         self.nc: Any = None
         self.js: Any = None
@@ -365,17 +405,20 @@ class LoadScenario:
         # PostgreSQL can collide in its catalog, which is not what this test is about.
         async with Database(self.database.url) as db:
             await db.init_schema()
-        self.nats = RestartableNats(self.work_dir / "nats")
+        self.nats = self._given_nats or RestartableNats(self.work_dir / "nats")
         s3_port = int(self.seaweedfs.endpoint.rsplit(":", 1)[1])
         self.proxy = PausableProxy("127.0.0.1", s3_port)
-        self.env = runner_env(
-            self.nats.server,
-            data_dir=self.work_dir / "data",
-            s3_endpoint=self.proxy.endpoint,
-            s3_access_key=self.seaweedfs.access_key,
-            s3_secret_key=self.seaweedfs.secret_key,
-            database_url=self.database.url,
-            tier_overrides=TIER_OVERRIDES,
+        self.env = (
+            runner_env(
+                self.nats.server,
+                data_dir=self.work_dir / "data",
+                s3_endpoint=self.proxy.endpoint,
+                s3_access_key=self.seaweedfs.access_key,
+                s3_secret_key=self.seaweedfs.secret_key,
+                database_url=self.database.url,
+                tier_overrides=TIER_OVERRIDES,
+            )
+            | self.extra_env
         )
         await self._connect()
         await self._make_buckets()
@@ -523,7 +566,7 @@ class LoadScenario:
         return victim.name
 
     async def restart_nats(self, *, of: int) -> None:
-        assert self.nats is not None
+        assert isinstance(self.nats, RestartableNats), "only the scenario's own NATS restarts"
         progress = await self.progress(of)
         await asyncio.to_thread(self.nats.restart, 1.0)
         self.faults.nats_restarts += 1
@@ -767,7 +810,7 @@ class LoadScenario:
                 pass
         if self.proxy is not None:
             self.proxy.close()
-        if self.nats is not None:
+        if self.nats is not None and self.nats is not self._given_nats:
             self.nats.stop()
 
     def logs(self, chars: int = 1500) -> str:
