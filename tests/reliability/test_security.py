@@ -419,9 +419,12 @@ async def _subprocesses(stage: Stage, files: dict[str, bytes]) -> None:
             metadata={"password": secrets["PDF password (wrong)"]},
         )  # fmt: skip
         await _publish(js, tiers.TEST.subject, "ok.txt", len(files["ok.txt"]))
-        # A worker process whose S3 secret is wrong: both events fail twice, then dead letters.
+        # A worker process whose S3 secret is wrong: S3 refuses its credentials, which is an
+        # outage, not a fault of the files: it pauses (saying why) and dead-letters nothing.
         wrong_s3 = stage.base_env(P8FS_S3_SECRET_KEY=secrets["S3 secret (wrong)"])
-        await _worker_process(stage, wrong_s3, "p8fs-run -vv worker (wrong S3 secret)", before + 2)
+        await _worker_process(
+            stage, wrong_s3, "p8fs-run -vv worker (wrong S3 secret)", 10_000, "pausing the test"
+        )
         stage.evidence.facts["worker_process_letters"] = await count(js) - before
 
         # A worker process whose database is unreachable (a password in its URL).
@@ -608,7 +611,9 @@ def test_the_run_failed_in_every_way(evidence: Evidence) -> None:
     assert facts["llm_jobs"] == ["FAILED", "FAILED"]
     # The key reached the LLM server (in-process and through the CLI): it was sent, and refused.
     assert facts["llm_keys_seen"] == {evidence.secrets["LLM API key"]}
-    assert facts["worker_process_letters"] == 2
+    assert facts["worker_process_letters"] == 0
+    paused = dict(evidence.cli)["p8fs-run -vv worker (wrong S3 secret) (exit 0)"]
+    assert "pausing the test worker: S3" in paused and "P8FS_S3_SECRET_KEY" in paused, paused[-800:]
     assert facts["dead_letters_in_process"] == 5
     codes = dict.fromkeys(code for _, code in facts["dead_letters"])
     assert {"encrypted", "corrupt", "transient", "configuration"} <= set(codes)
@@ -617,7 +622,7 @@ def test_the_run_failed_in_every_way(evidence: Evidence) -> None:
     assert exits["p8fs-run -vv worker (wrong S3 secret)"] == 0  # stopped by SIGTERM, cleanly
     assert exits["p8fs-run -vv worker (database down)"] == 0  # waited for the database; SIGTERM
     [db_down] = [t for n, t in evidence.cli if n.startswith("p8fs-run -vv worker (database down)")]
-    assert "set-up failed (database postgresql+asyncpg://p8fs:***@" in db_down
+    assert "pausing the test worker: set-up failed: database postgresql+asyncpg://p8fs:***@" in db_down
     for name, code in exits.items():
         if "worker (wrong S3" in name or "worker (database down)" in name:
             continue

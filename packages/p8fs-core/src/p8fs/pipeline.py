@@ -101,7 +101,7 @@ def _validate_tenant(tenant_id: str) -> None:
         raise InvalidPath(f"tenant_id {tenant_id!r} contains forbidden characters")
 
 
-def _tenant_is_valid(tenant_id: str) -> bool:
+def tenant_is_valid(tenant_id: str) -> bool:
     try:
         _validate_tenant(tenant_id)
     except InvalidPath:
@@ -182,8 +182,8 @@ async def aingest(
         error = _as_p8fs_error(exc, normalized)
         # A hostile or empty tenant id gets no row of its own (it would be stored under that
         # very id): the caller, who knows the real tenant, records the refusal.
-        if record_errors and _tenant_is_valid(tenant_id):
-            await _record_error(database, tenant_id, process, normalized, error, provider_name)
+        if record_errors and tenant_is_valid(tenant_id):
+            await record_failure(database, tenant_id, process, normalized, error, provider_name)
         if error is exc:
             raise
         raise error from exc
@@ -320,9 +320,10 @@ def _with_limits(options: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return merged
 
 
-def _done(job: Job, file: FileRecord, *, skipped: bool) -> Job:
-    job.status = JobStatus.DONE
-    job.result = {
+def ingest_summary(file: FileRecord, *, skipped: bool) -> dict[str, Any]:
+    """What an ingest's ``jobs`` row holds as its ``result`` (the one place it is built: the
+    pipeline commits it with the file's rows, a queue worker reports the same)."""
+    return {
         "action": "ingest",
         "file_id": file.id,
         "chunks": file.chunk_count,
@@ -330,6 +331,11 @@ def _done(job: Job, file: FileRecord, *, skipped: bool) -> Job:
         "provider": file.provider,
         "bytes": file.file_size,
     }
+
+
+def _done(job: Job, file: FileRecord, *, skipped: bool) -> Job:
+    job.status = JobStatus.DONE
+    job.result = ingest_summary(file, skipped=skipped)
     job.error = None
     job.updated_at = utcnow()
     return job
@@ -415,14 +421,19 @@ def _as_p8fs_error(exc: BaseException, uri: str) -> P8fsError:
     return ProviderError(f"processing {uri} failed: {type(exc).__name__}: {exc}", uri=uri)
 
 
-async def _record_error(
+async def record_failure(
     database: Database,
     tenant_id: str,
     process: str,
     uri: str,
     error: P8fsError,
-    provider: str | None,
-) -> None:
+    provider: str | None = None,
+) -> bool:
+    """Write the ``errors`` row of a failed ingest; returns whether it was committed.
+
+    A queue worker needs the answer: a failure whose row is missing (the database itself is
+    what failed) must be recorded again before the message may be dead-lettered.
+    """
     record = ErrorRecord(
         tenant_id=tenant_id,
         process=process,
@@ -443,6 +454,8 @@ async def _record_error(
         # The database itself is what failed (the error is then transient and will be retried);
         # the log keeps the record.
         log.exception("could not record the error for %s: %s", uri, error)
+        return False
+    return True
 
 
 async def adelete(uri: str, tenant_id: str, *, database: Database) -> bool:

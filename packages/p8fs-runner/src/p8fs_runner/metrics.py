@@ -41,10 +41,16 @@ SECONDS = Histogram(
     ["tier"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
 )
+PAUSED = Gauge(
+    "p8fs_worker_paused",
+    "1 while a worker has stopped pulling because a dependency (database, S3) is down, per tier.",
+    ["tier"],
+)
 IN_FLIGHT = Gauge("p8fs_in_flight", "Events being processed right now, per tier.", ["tier"])
 ROUTED = Counter("p8fs_events_routed_total", "Events routed by the router, per tier.", ["tier"])
 
-ReadyCheck = Callable[[], Awaitable[bool]]
+#: Returns ``True`` when ready; ``False``, or a string saying why (the body of the 503), when not.
+ReadyCheck = Callable[[], Awaitable[bool | str]]
 
 _RESPONSES = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
 
@@ -71,13 +77,17 @@ class ProbeServer:
             await self._server.wait_closed()
             self._server = None
 
-    async def _is_ready(self) -> bool:
+    async def _not_ready(self) -> str | None:
+        """Why this process is not ready, or ``None``."""
         if self.ready is None:
-            return True
+            return None
         try:
-            return await asyncio.wait_for(self.ready(), timeout=2.0)
-        except Exception:
-            return False
+            answer = await asyncio.wait_for(self.ready(), timeout=2.0)
+        except Exception as exc:
+            return f"readiness check failed: {type(exc).__name__}: {exc}"
+        if answer is True:
+            return None
+        return answer or ""
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -96,8 +106,11 @@ class ProbeServer:
             elif path == "/healthz":
                 status, body = 200, b"ok\n"
             elif path == "/readyz":
-                ok = await self._is_ready()
-                status, body = (200, b"ready\n") if ok else (503, b"not ready\n")
+                reason = await self._not_ready()
+                if reason is None:
+                    status, body = 200, b"ready\n"
+                else:
+                    status, body = 503, f"not ready{': ' if reason else ''}{reason}\n".encode()
             else:
                 status, body = 404, b"not found\n"
             head = (

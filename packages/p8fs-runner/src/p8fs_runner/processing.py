@@ -3,11 +3,18 @@
 The runner owns no processing logic: create and update events ingest the object
 (``p8fs.pipeline.aingest``, streamed from S3), delete events remove the file's rows, rename
 events move them (or ingest the new name when nothing was stored under the old one).
+
+Processing never raises for a failure of the event's work: it returns a
+:class:`~p8fs_runner.settlement.Failed` that says whether the failure's ``errors`` row is
+committed, so the worker's settlement needs nothing but the returned value.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from p8fs.errors import P8fsError
+from p8fs_runner.settlement import Failed, Processed
 
 if TYPE_CHECKING:  # pragma: no cover
     from p8fs.database import Database
@@ -26,7 +33,7 @@ def event_options(event: StorageEvent) -> dict[str, Any]:
 
 
 class PipelineProcessor:
-    """Calls the pipeline for each event; its return value becomes the job's ``result``."""
+    """Calls the pipeline for each event and reports a typed outcome."""
 
     def __init__(
         self,
@@ -47,23 +54,40 @@ class PipelineProcessor:
             storage_options = storage_options_from_settings(settings)
         self.storage_options = storage_options
 
-    async def __call__(self, event: StorageEvent, job: Job | None = None) -> dict[str, Any]:
-        from p8fs.pipeline import adelete, arename
-
-        if event.event_type == "delete":
-            removed = await adelete(event.uri, event.tenant_id, database=self.database)
-            return {"action": "delete", "removed": bool(removed)}
-        if event.event_type == "rename":
-            old = event.old_uri
-            if old is not None and old != event.uri:
-                moved = await arename(old, event.uri, event.tenant_id, database=self.database)
+    async def __call__(self, event: StorageEvent, job: Job | None = None) -> Processed | Failed:
+        """Process ``event``; ``job``, when given, is committed DONE with an ingest's rows."""
+        try:
+            if event.event_type == "delete":
+                return await self._delete(event)
+            if event.event_type == "rename":
+                moved = await self._rename(event)
                 if moved is not None:
-                    return {"action": "rename", "from": old, "file_id": moved.id}
-            # Nothing stored under the old name (or no old name): process the new one.
+                    return moved
+                # Nothing stored under the old name (or no old name): process the new one.
+        except Exception as exc:
+            return Failed(exc)
         return await self._ingest(event, job)
 
-    async def _ingest(self, event: StorageEvent, job: Job | None) -> dict[str, Any]:
-        from p8fs.pipeline import aingest
+    async def _delete(self, event: StorageEvent) -> Processed:
+        from p8fs.pipeline import adelete
+
+        removed = await adelete(event.uri, event.tenant_id, database=self.database)
+        return Processed("delete", {"action": "delete", "removed": bool(removed)})
+
+    async def _rename(self, event: StorageEvent) -> Processed | None:
+        from p8fs.pipeline import arename
+
+        old = event.old_uri
+        if old is None or old == event.uri:
+            return None
+        moved = await arename(old, event.uri, event.tenant_id, database=self.database)
+        if moved is None:
+            return None
+        summary = {"action": "rename", "from": old, "file_id": moved.id}
+        return Processed("rename", summary, file_id=moved.id, chunks=moved.chunk_count)
+
+    async def _ingest(self, event: StorageEvent, job: Job | None) -> Processed | Failed:
+        from p8fs.pipeline import aingest, ingest_summary, record_failure, tenant_is_valid
 
         try:
             result = await aingest(
@@ -76,24 +100,23 @@ class PipelineProcessor:
                 # those: the uploader must not pick models, engines or limits.
                 options={**(self.options or {}), **event_options(event)} or None,
                 process=self.process,
-                record_errors=True,
+                record_errors=False,
                 job=job,
             )
-        except Exception as exc:
-            # aingest wrote the errors row; tell the worker not to write a second one.
-            try:
-                exc.recorded = True  # type: ignore[attr-defined]
-            except AttributeError:  # pragma: no cover - exotic exception types
-                pass
-            raise
-        return {
-            "action": "ingest",
-            "file_id": result.file.id,
-            "chunks": result.chunks,
-            "skipped": result.skipped,
-            "provider": result.provider,
+        except P8fsError as exc:
+            recorded = tenant_is_valid(event.tenant_id) and await record_failure(
+                self.database, event.tenant_id, self.process, event.uri, exc
+            )
+            return Failed(exc, error_recorded=recorded)
+        summary = {
+            **ingest_summary(result.file, skipped=result.skipped),
             "seconds": round(result.seconds, 3),
-            "bytes": result.file.file_size,
-            # The pipeline committed the job DONE with the file's rows.
-            "job_done": job is not None,
         }
+        return Processed(
+            "ingest",
+            summary,
+            file_id=result.file.id,
+            chunks=result.chunks,
+            # The pipeline committed the job DONE with the file's rows.
+            job_committed=job is not None,
+        )

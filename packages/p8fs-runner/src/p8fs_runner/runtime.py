@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from p8fs.database import Database
     from p8fs_runner.router import RouteStats
     from p8fs_runner.settings import RunnerSettings
+    from p8fs_runner.settlement import Failed, Processed
     from p8fs_runner.tiers import QueueSpec
     from p8fs_runner.worker import WorkerStats
 
@@ -114,12 +115,27 @@ class LazyDatabase:
 
 @contextlib.asynccontextmanager
 async def _probes(
-    nc: Client, database: LazyDatabase, port: int, host: str | None
+    nc: Client,
+    database: LazyDatabase,
+    port: int,
+    host: str | None,
+    paused: Callable[[], str | None] = lambda: None,
 ) -> AsyncIterator[Any]:
+    """``/metrics`` and the probes; ``/readyz`` says why a process is not ready.
+
+    ``paused`` gives a worker's outage (a dependency is down and it stopped pulling).
+    """
     from p8fs_runner.metrics import start_probe_server
 
-    async def ready() -> bool:
-        return bool(nc.is_connected) and await database.ready()
+    async def ready() -> bool | str:
+        if not nc.is_connected:
+            return "not connected to NATS"
+        reason = paused()
+        if reason is not None:
+            return f"paused: {reason}"
+        if not await database.ready():
+            return "the database does not answer"
+        return True
 
     server = await start_probe_server(ready, port, host)
     try:
@@ -264,6 +280,8 @@ async def serve_worker(
     options: dict[str, Any] | None = None,
 ) -> WorkerStats:
     """Bind to ``spec``'s consumer (never create it) and process until ``stop``."""
+    from p8fs.storage import storage_options_from_settings
+    from p8fs_runner.dependencies import DatabaseProbe, Dependencies, S3Probe
     from p8fs_runner.processing import PipelineProcessor
     from p8fs_runner.topology import bind_consumer
     from p8fs_runner.worker import Worker
@@ -279,25 +297,34 @@ async def serve_worker(
         async def ready() -> None:
             nonlocal processor
             db = await database.get()
-            processor = PipelineProcessor(db, settings, process=process_name, options=options)
+            processor = PipelineProcessor(
+                db,
+                settings,
+                storage_options=storage_options,
+                process=process_name,
+                options=options,
+            )
             # Plugin loading and the S3 client's set-up are slow first-use costs; paid here,
             # they cannot stall the loop (and its heartbeats) while a file is in progress.
             await warm_up(processor.storage_options, settings.token_encoding)
 
-        async def process(event: Any, job: Any = None) -> dict[str, Any]:
+        async def process(event: Any, job: Any = None) -> Processed | Failed:
             assert processor is not None, "ready() runs before the first message"
             return await processor(event, job)
 
+        storage_options = storage_options_from_settings(settings)
         worker = Worker(
             js,
             spec,
             process,
             errors=database.record_error,
             jobs=database.upsert_job,
+            dependencies=Dependencies([DatabaseProbe(database.get), S3Probe(storage_options)]),
             grace=grace,
             process_name=process_name,
         )
-        async with _probes(nc, database, _port(settings, metrics_port), settings.metrics_host):
+        port = _port(settings, metrics_port)
+        async with _probes(nc, database, port, settings.metrics_host, lambda: worker.outage):
             return await worker.run(
                 sub, stop, fetch_timeout=fetch_timeout, max_messages=max_messages, ready=ready
             )

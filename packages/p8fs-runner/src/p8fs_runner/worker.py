@@ -1,15 +1,18 @@
 """A tier worker: pull storage events from its durable consumer, process them, settle each one.
 
-Settlement rules (the original system broke each of them):
+One path per delivery: :meth:`Worker._handle` gets a typed outcome from processing, takes the
+pure decision of :func:`p8fs_runner.settlement.decide` (the settlement table lives there) and
+carries it out. What the carrying out keeps:
 
 * **ack only after the database commit** (the file's rows and its DONE ``jobs`` row, in one
   transaction);
 * **heartbeat** every message this worker holds with ``in_progress()`` at a third of the ack
   wait, so a slow file is never handed to a second worker, whatever its size;
-* **transient** failure (database, S3, broker): ``nak`` with the tier's growing delay, so a
-  database outage does not burn every retry in a second;
-* **permanent** failure, or a transient one on the last allowed delivery: ``errors`` row, dead
-  letter with the reason (confirmed by the broker), then ``term``;
+* **a dead letter is confirmed by the broker before the message is ``term``-ed**, and its
+  ``errors`` row is written first;
+* **a dependency outage spends no delivery**: while the database or S3 is down (or refuses the
+  credentials) the worker stops pulling, reports not ready, keeps the messages it holds (the
+  heartbeats keep them its own) and processes them again once the probes pass;
 * **stop** (SIGTERM/SIGINT): fetch nothing more, let files in progress finish for up to a grace
   period, and nak (without delay) what is left, so nothing waits for an ack-wait timeout.
 
@@ -32,15 +35,32 @@ from typing import TYPE_CHECKING, Any, Protocol
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from p8fs.errors import is_permanent
 from p8fs_runner import metrics
 from p8fs_runner.dlq import dead_letter
 from p8fs_runner.router import ErrorSink, record_error
+from p8fs_runner.settlement import (
+    Ack,
+    DeadLetter,
+    Decision,
+    Failed,
+    Ignored,
+    Interrupted,
+    Invalid,
+    Nak,
+    Outcome,
+    Processed,
+    Wait,
+    decide,
+    may_be_outage,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
 
     from p8fs.models import Job
+    from p8fs_runner.dependencies import Dependencies
     from p8fs_runner.events import StorageEvent
     from p8fs_runner.tiers import QueueSpec
 
@@ -61,15 +81,12 @@ RECENT_OUTCOMES = 1000
 
 
 class EventProcessor(Protocol):
-    """Does the work for one event and returns what goes into the job's ``result``.
+    """Does the work for one event and says how it went (it raises nothing for a failure of
+    the work itself: that is a :class:`~p8fs_runner.settlement.Failed`)."""
 
-    Raises a :mod:`p8fs.errors` type; :func:`p8fs.errors.is_permanent` decides the settlement.
-    ``recorded`` on the exception (set by the pipeline) means an ``errors`` row already exists.
-    """
-
-    async def __call__(self, event: StorageEvent, job: Job | None = None) -> dict[str, Any]:
-        """``job``, when given, may be committed DONE together with the file's rows; the
-        returned ``job_done`` says whether it was (then the worker writes no DONE of its own)."""
+    async def __call__(self, event: StorageEvent, job: Job | None = None) -> Processed | Failed:
+        """``job``, when given, may be committed DONE together with the file's rows
+        (``Processed.job_committed``); then the worker writes no DONE of its own."""
         ...
 
 
@@ -106,6 +123,8 @@ class WorkerStats:
     dead_lettered: int = 0
     ignored: int = 0
     interrupted: int = 0
+    #: Dependency outages this worker paused for.
+    outages: int = 0
     results: deque[dict[str, Any]] = field(default_factory=_recent)
     #: One entry per failed delivery: uri, reason, code, permanent (dead-lettered) or not.
     failures: deque[dict[str, Any]] = field(default_factory=_recent)
@@ -122,6 +141,7 @@ class Worker:
         *,
         errors: ErrorSink | None = None,
         jobs: JobSink | None = None,
+        dependencies: Dependencies | None = None,
         prefetch: int | None = None,
         grace: float = 25.0,
         process_name: str | None = None,
@@ -132,6 +152,9 @@ class Worker:
         self.processor = processor
         self.errors = errors
         self.jobs = jobs
+        #: Probes asked when a failure may be a dependency's; ``None``: every failure is the
+        #: file's (a worker without probes spends deliveries during an outage).
+        self.dependencies = dependencies
         self.prefetch = (
             (spec.batch if spec.concurrency < spec.batch else 0) if prefetch is None else prefetch
         )
@@ -144,6 +167,13 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = False
+        self._halt = asyncio.Event()
+        #: Why the worker is paused (a dependency is down), or ``None``.
+        self.outage: str | None = None
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._recovery: asyncio.Task[None] | None = None
+        self._paused_at = 0.0
         #: Set once the first fetch request has been sent (start-time measurement).
         self.first_fetch_at: float | None = None
 
@@ -167,51 +197,28 @@ class Worker:
         is sent, so slow set-up (a database schema check) overlaps the wait for messages.
         """
         self._stopping = False  # a worker may be run again after a stop (the self-test does)
+        self._halt.clear()
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="p8fs-heartbeat")
-        ready_task = asyncio.ensure_future(ready()) if ready is not None else None
+        setup = asyncio.ensure_future(ready()) if ready is not None else None
         fetched = 0
         try:
             while not stop.is_set():
                 if max_messages is not None and fetched >= max_messages:
                     break
-                room = self.max_held - len(self._held)
-                if room <= 0:
-                    self._slot_freed.clear()
-                    await _wait_first(self._slot_freed.wait(), stop.wait())
+                want = await self._room(stop, max_messages, fetched)
+                if want <= 0:
                     continue
-                want = min(self.spec.batch, room)
-                if max_messages is not None:
-                    want = min(want, max_messages - fetched)
-                if self.first_fetch_at is None:
-                    self.first_fetch_at = time.monotonic()
-                try:
-                    msgs = await sub.fetch(want, timeout=fetch_timeout)
-                except (TimeoutError, NatsTimeoutError):
-                    continue  # an empty fetch may raise either (measured)
-                except NatsError as exc:
-                    # A broker restart: JetStream answers 503 or nobody answers for a moment
-                    # after the reconnect (measured). Not a reason to exit; ask again shortly.
-                    log.warning("fetch failed (%s: %s); retrying", type(exc).__name__, exc)
-                    await _wait_first(asyncio.sleep(BROKER_RETRY), stop.wait())
+                msgs = await self._fetch(sub, want, fetch_timeout, stop)
+                if not msgs:
                     continue
-                if ready_task is not None:
-                    try:
-                        await ready_task
-                    except BaseException as exc:
-                        for msg in msgs:  # set-up failed: give the messages straight back
-                            await self._release(msg, "nak")
-                        if not _heals(exc) or ready is None:
-                            raise
-                        # A worker (re)started while the database is down must wait for it,
-                        # not exit and crash-loop (found by tests/reliability/test_load_faults).
-                        log.warning("set-up failed (%s); retrying", exc)
-                        await _wait_first(asyncio.sleep(SETUP_RETRY), stop.wait())
-                        ready_task = asyncio.ensure_future(ready())
-                        continue
-                    ready_task = None
+                fetched += len(msgs)
                 for msg in msgs:
-                    fetched += 1
-                    self._held[id(msg)] = msg
+                    self._held[id(msg)] = msg  # heartbeats cover it from now on
+                if setup is not None:
+                    if not await self._set_up(setup, ready, stop, msgs):
+                        break
+                    setup = None
+                for msg in msgs:
                     task = asyncio.create_task(self._process(msg))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
@@ -223,13 +230,81 @@ class Worker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            if ready_task is not None:
-                ready_task.cancel()
+            if setup is not None:
+                setup.cancel()
+            if self._recovery is not None:
+                self._recovery.cancel()
         return self.stats
+
+    async def _room(self, stop: asyncio.Event, max_messages: int | None, fetched: int) -> int:
+        """How many messages to ask for now; 0 after waiting for a free slot or a recovery."""
+        if self.outage is not None:  # paused: pull nothing until the dependency answers
+            await _wait_first(self._resumed.wait(), stop.wait())
+            return 0
+        room = self.max_held - len(self._held)
+        if room <= 0:
+            self._slot_freed.clear()
+            await _wait_first(self._slot_freed.wait(), stop.wait())
+            return 0
+        want = min(self.spec.batch, room)
+        if max_messages is not None:
+            want = min(want, max_messages - fetched)
+        return want
+
+    async def _fetch(
+        self, sub: Any, want: int, wait: float, stop: asyncio.Event
+    ) -> list[Msg]:
+        if self.first_fetch_at is None:
+            self.first_fetch_at = time.monotonic()
+        try:
+            return list(await sub.fetch(want, timeout=wait))
+        except (TimeoutError, NatsTimeoutError):
+            return []  # an empty fetch may raise either (measured)
+        except NatsError as exc:
+            # A broker restart: JetStream answers 503 or nobody answers for a moment after the
+            # reconnect (measured). Not a reason to exit; ask again shortly.
+            log.warning("fetch failed (%s: %s); retrying", type(exc).__name__, exc)
+            await _wait_first(asyncio.sleep(BROKER_RETRY), stop.wait())
+            return []
+
+    async def _set_up(
+        self,
+        setup: asyncio.Future[Any],
+        ready: Callable[[], Awaitable[Any]] | None,
+        stop: asyncio.Event,
+        msgs: list[Msg],
+    ) -> bool:
+        """Finish the set-up before the first messages are processed.
+
+        A set-up that fails transiently (the database is down at start) is an outage like any
+        other: the fetched messages are kept, not handed back (that would spend a delivery each
+        second), and the set-up is retried until it succeeds. Returns ``False`` when ``stop`` came
+        first (the messages are then handed back); a permanent failure is raised.
+        """
+        while True:
+            try:
+                await setup
+            except BaseException as exc:
+                if not _heals(exc) or ready is None:
+                    for msg in msgs:
+                        await self._hand_back(msg)
+                    raise
+                self._pause(f"set-up failed: {exc}")
+                await _wait_first(asyncio.sleep(SETUP_RETRY), stop.wait())
+                if stop.is_set():
+                    for msg in msgs:
+                        await self._hand_back(msg)
+                    return False
+                setup = asyncio.ensure_future(ready())
+                continue
+            if self.outage is not None and self._recovery is None:
+                self._resume()
+            return True
 
     async def _drain(self) -> None:
         """Stop: finish what is being processed within the grace period, nak the rest now."""
         self._stopping = True
+        self._halt.set()  # messages waiting for a dependency are handed back at once
         if not self._tasks:
             return
         log.info("stopping: waiting up to %.0fs for %d file(s)", self.grace, len(self._tasks))
@@ -241,7 +316,7 @@ class Worker:
 
     # -- heartbeats -----------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
-        """``in_progress()`` for every held message, queued or being processed."""
+        """``in_progress()`` for every held message, queued, being processed or waiting."""
         interval = self.spec.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
@@ -251,12 +326,63 @@ class Worker:
                 except Exception as exc:  # the connection reconnects; the next beat retries
                     log.warning("heartbeat failed: %s", exc)
 
+    # -- outages --------------------------------------------------------------------------
+    def _pause(self, reason: str) -> None:
+        if self.outage is None:
+            log.error(
+                "pausing the %s worker: %s; holding %d message(s) until it answers",
+                self.spec.name,
+                reason,
+                len(self._held),
+            )
+            self.stats.outages += 1
+            self._paused_at = time.monotonic()
+            self._resumed.clear()
+            metrics.PAUSED.labels(self.spec.name).set(1)
+        self.outage = reason
+
+    def _resume(self) -> None:
+        if self.outage is not None:
+            log.warning(
+                "resuming the %s worker after %.1fs: its dependencies answer again",
+                self.spec.name,
+                time.monotonic() - self._paused_at,
+            )
+        self.outage = None
+        self._recovery = None
+        metrics.PAUSED.labels(self.spec.name).set(0)
+        self._resumed.set()
+
+    async def _outage_of(self, outcome: Outcome, event: StorageEvent | None) -> str | None:
+        """The reason a dependency is down, when ``outcome`` may be its fault."""
+        if self.dependencies is None or not isinstance(outcome, Failed):
+            return None
+        if not may_be_outage(outcome.error):
+            return None
+        return await self.dependencies.check(event)
+
+    async def _wait_for_dependencies(self, reason: str, event: StorageEvent | None) -> bool:
+        """Pause (once for all messages) until the probes pass; ``False`` if stopped first."""
+        assert self.dependencies is not None
+        self._pause(reason)
+        if self._recovery is None:
+            self._recovery = asyncio.create_task(self._recover(event), name="p8fs-recovery")
+        await _wait_first(self._resumed.wait(), self._halt.wait())
+        return self._resumed.is_set()
+
+    async def _recover(self, event: StorageEvent | None) -> None:
+        assert self.dependencies is not None
+        if await self.dependencies.wait_until_up(event, self._halt):
+            self._resume()
+        else:
+            self._recovery = None
+
     # -- one message ----------------------------------------------------------------------
     async def _process(self, msg: Msg) -> None:
         try:
             async with self._semaphore:
                 if self._stopping:
-                    await self._release(msg, "nak")  # never started: give it back at once
+                    await self._hand_back(msg)  # never started: give it back at once
                     self.stats.interrupted += 1
                     return
                 try:
@@ -278,115 +404,217 @@ class Worker:
             self._slot_freed.set()
 
     async def _handle(self, msg: Msg) -> None:
-        from p8fs.errors import error_code, is_permanent
+        """Outcome, decision, execution; again after a dependency outage, which spends nothing."""
         from p8fs_runner.events import parse_event
 
-        tier = self.spec.name
-        md = msg.metadata
-        if md.num_delivered > 1:
-            metrics.REDELIVERED.labels(tier).inc()
+        if msg.metadata.num_delivered > 1:
+            metrics.REDELIVERED.labels(self.spec.name).inc()
         try:
             event = parse_event(msg.data)
         except Exception as exc:
-            await self._dead_letter(msg, exc, event=None, recorded=False)
+            await self._settle(msg, decide(Invalid(exc), delivery=1, policy=self.spec))
             return
         if event is None:
-            await msg.ack()
-            self.stats.ignored += 1
+            await self._settle(msg, Ack(), Ignored())
             return
-
         job = self._job(msg, event)
+        while True:
+            outcome = await self._attempt(msg, event, job)
+            decision = decide(
+                outcome,
+                delivery=msg.metadata.num_delivered,
+                policy=self.spec,
+                outage=await self._outage_of(outcome, event),
+            )
+            if isinstance(decision, Wait):
+                if await self._wait_for_dependencies(decision.reason, event):
+                    continue  # the dependency is back: process the file again
+                outcome = Interrupted()
+                decision = decide(outcome, delivery=msg.metadata.num_delivered, policy=self.spec)
+            try:
+                await self._settle(msg, decision, outcome, event, job)
+                return
+            except Exception as exc:
+                # Writing the outcome failed: if a dependency is down, wait for it and redo.
+                reason = await self._outage_of(Failed(exc), event)
+                if reason is None:
+                    raise
+                if not await self._wait_for_dependencies(reason, event):
+                    await self._settle(msg, decide(Interrupted(), delivery=1, policy=self.spec),
+                                       Interrupted(), event, job)
+                    return
+
+    async def _attempt(self, msg: Msg, event: StorageEvent, job: Job) -> Outcome:
+        """Run the processor once for ``event``; a stop past the grace period hands it back."""
+        tier = self.spec.name
         started = time.monotonic()
         metrics.IN_FLIGHT.labels(tier).inc()
         running = _RunningMark(self.jobs, job, self.running_after)
         try:
-            result = await self.processor(event, job if self.jobs is not None else None)
-            await running.settle()
-            if not result.pop("job_done", False):
-                job.result = result
-                await self._save_job(job, "DONE")  # committed before the ack
+            outcome = await self.processor(event, job if self.jobs is not None else None)
         except asyncio.CancelledError:
             # Stop after the grace period: hand the file back to another worker now.
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._interrupted(msg, job, running))
+                await asyncio.shield(running.settle())
+                await asyncio.shield(
+                    self._settle(msg, Nak(0.0, "interrupted by worker shutdown"), Interrupted(),
+                                 event, job)
+                )
             raise
-        except Exception as exc:
-            await running.settle()
-            metrics.SECONDS.labels(tier).observe(time.monotonic() - started)
-            last = self.spec.is_last_delivery(md.num_delivered)
+        except Exception as exc:  # a processor that raises instead of returning Failed
+            outcome = Failed(exc)
+        finally:
+            metrics.IN_FLIGHT.labels(tier).dec()
+        await running.settle()
+        metrics.SECONDS.labels(tier).observe(time.monotonic() - started)
+        return outcome
+
+    # -- carrying a decision out -----------------------------------------------------------
+    async def _settle(
+        self,
+        msg: Msg,
+        decision: Decision,
+        outcome: Outcome | None = None,
+        event: StorageEvent | None = None,
+        job: Job | None = None,
+    ) -> None:
+        """Carry ``decision`` out: the ``jobs`` row first, then the broker."""
+        md = msg.metadata
+        if isinstance(outcome, Failed) and event is not None:
             self.stats.failures.append(
                 {
                     "uri": event.uri,
-                    "reason": str(exc),
-                    "code": error_code(exc),
-                    "permanent": is_permanent(exc) or last,
+                    "reason": str(outcome.error),
+                    "code": outcome.code,
+                    "permanent": isinstance(decision, DeadLetter),
                     "delivery": md.num_delivered,
                 }
             )
-            if is_permanent(exc) or last:
-                job.error = f"{error_code(exc)}: {exc}"
-                try:
-                    await self._save_job(job, "FAILED")
-                except Exception as db_exc:
-                    if not last and _heals(db_exc):
-                        # The database went down while this failure was being recorded: the
-                        # errors row may be missing and the job would stay RUNNING. Retry the
-                        # delivery (it fails the same way, cheaply) instead of dead-lettering
-                        # now (found by tests/reliability/test_load_faults.py).
-                        log.warning("%s: cannot record its failure yet (%s)", event.uri, db_exc)
-                        await msg.nak(delay=self.spec.retry_delay(md.num_delivered))
-                        self.stats.nakked += 1
-                        return
-                metrics.FAILED.labels(tier, "permanent").inc()
-                await self._dead_letter(
-                    msg, exc, event=event, recorded=bool(getattr(exc, "recorded", False)), last=last
-                )
-            else:
-                metrics.FAILED.labels(tier, "transient").inc()
-                delay = self.spec.retry_delay(md.num_delivered)
-                log.warning(
-                    "%s failed (delivery %d/%d), retrying in %.0fs: %s",
-                    event.uri,
-                    md.num_delivered,
-                    self.spec.max_deliver,
-                    delay,
-                    exc,
-                )
-                job.error = f"{error_code(exc)}: {exc} (retry in {delay:.0f}s)"
-                with contextlib.suppress(Exception):
-                    await self._save_job(job, "PENDING")
-                await msg.nak(delay=delay)
-                self.stats.nakked += 1
-            return
-        finally:
-            metrics.IN_FLIGHT.labels(tier).dec()
+        if isinstance(decision, Ack):
+            await self._ack(msg, outcome, event, job)
+        elif isinstance(decision, Nak):
+            await self._nak(msg, decision, outcome, event, job)
+        elif isinstance(decision, DeadLetter):
+            await self._dead_letter(msg, decision, outcome, event, job)
+        else:  # pragma: no cover - Wait is resolved by _handle
+            raise AssertionError(f"cannot carry out {decision!r}")
+
+    async def _ack(
+        self, msg: Msg, outcome: Outcome | None, event: StorageEvent | None, job: Job | None
+    ) -> None:
+        if isinstance(outcome, Processed) and job is not None and not outcome.job_committed:
+            job.result = dict(outcome.summary)
+            await self._save_job(job, "DONE")  # committed before the ack
         await msg.ack()
-        elapsed = time.monotonic() - started
-        metrics.SECONDS.labels(tier).observe(elapsed)
+        if not isinstance(outcome, Processed) or event is None:
+            self.stats.ignored += 1
+            return
+        tier = self.spec.name
         metrics.PROCESSED.labels(tier).inc()
         if event.size:
             metrics.BYTES.labels(tier).inc(event.size)
         self.stats.acked += 1
+        md = msg.metadata
         self.stats.results.append(
             {
                 "uri": event.uri,
                 "event_type": event.event_type,
-                **result,
+                **outcome.summary,
                 "delivery": md.num_delivered,
                 "seq": md.sequence.stream,
             }
         )
 
-    async def _interrupted(self, msg: Msg, job: Job, running: _RunningMark) -> None:
-        await running.settle()
-        await msg.nak()
-        self.stats.interrupted += 1
-        job.error = "interrupted by worker shutdown; handed back to the queue"
-        await self._save_job(job, "PENDING")
+    async def _nak(
+        self,
+        msg: Msg,
+        decision: Nak,
+        outcome: Outcome | None,
+        event: StorageEvent | None,
+        job: Job | None,
+    ) -> None:
+        md = msg.metadata
+        if isinstance(outcome, Interrupted):
+            self.stats.interrupted += 1
+            note = decision.reason
+        else:
+            metrics.FAILED.labels(self.spec.name, "transient").inc()
+            self.stats.nakked += 1
+            code = outcome.code if isinstance(outcome, Failed) else "transient"
+            note = f"{code}: {decision.reason} (retry in {decision.delay:.0f}s)"
+            log.warning(
+                "%s failed (delivery %d/%d), retrying in %.0fs: %s",
+                event.uri if event else "event",
+                md.num_delivered,
+                self.spec.max_deliver,
+                decision.delay,
+                decision.reason,
+            )
+        await msg.nak(delay=decision.delay) if decision.delay else await msg.nak()
+        if job is not None:
+            job.error = note
+            with contextlib.suppress(Exception):  # only a progress note; the message is safe
+                await self._save_job(job, "PENDING")
 
-    async def _release(self, msg: Msg, how: str) -> None:
+    async def _dead_letter(
+        self,
+        msg: Msg,
+        decision: DeadLetter,
+        outcome: Outcome | None,
+        event: StorageEvent | None,
+        job: Job | None,
+    ) -> None:
+        md = msg.metadata
+        error = outcome.error if isinstance(outcome, Failed | Invalid) else None
+        if job is not None:
+            job.error = f"{decision.code}: {error}"
+            try:
+                await self._save_job(job, "FAILED")
+            except Exception as exc:
+                # With probes, _handle finds the outage, waits for the database and tries
+                # again, rather than dead-letter a failure that has no record yet. Without
+                # them the message must still settle: on its last delivery (or when retrying
+                # cannot help) the dead letter alone carries the reason.
+                if self.dependencies is not None or (_heals(exc) and not decision.last_delivery):
+                    raise
+                log.warning("could not record job %s FAILED (%s); dead-lettering it", job.id, exc)
+        metrics.FAILED.labels(self.spec.name, "permanent").inc()
+        if decision.record_error:
+            await record_error(
+                self.errors,
+                tenant_id=event.tenant_id if event else "unknown",
+                process=self.process_name,
+                message=decision.reason,
+                exc=error,
+                metadata={
+                    "code": decision.code,
+                    "uri": event.uri if event else None,
+                    "stream": md.stream,
+                    "seq": md.sequence.stream,
+                    "deliveries": md.num_delivered,
+                    "trace": "".join(traceback.format_exception_only(error)).strip()
+                    if error is not None
+                    else None,
+                },
+            )
+        await dead_letter(
+            self.js,
+            self.spec,
+            msg,
+            reason=decision.reason,
+            code=decision.code,
+            tenant_id=event.tenant_id if event else "",
+            uri=event.uri if event else "",
+        )
+        await msg.term()
+        metrics.DEAD_LETTERED.labels(self.spec.name).inc()
+        self.stats.dead_lettered += 1
+        log.error("dead-lettered %s: %s", event.uri if event else "invalid event", decision.reason)
+
+    async def _hand_back(self, msg: Msg) -> None:
+        """Nak without delay, ignoring a broker that is gone (it redelivers after the ack wait)."""
         with contextlib.suppress(Exception):
-            await msg.nak() if how == "nak" else await msg.ack()
+            await msg.nak()
 
     def _job(self, msg: Msg, event: StorageEvent) -> Job:
         from p8fs.models import Job
@@ -413,51 +641,6 @@ class Worker:
         job.updated_at = utcnow()
         if self.jobs is not None:
             await self.jobs(job)
-
-    async def _dead_letter(
-        self,
-        msg: Msg,
-        exc: BaseException,
-        *,
-        event: StorageEvent | None,
-        recorded: bool,
-        last: bool = False,
-    ) -> None:
-        from p8fs.errors import error_code
-
-        md = msg.metadata
-        reason = str(exc) or type(exc).__name__
-        if last and not recorded:
-            reason = f"{reason} (after {md.num_delivered} deliveries)"
-        if not recorded:
-            await record_error(
-                self.errors,
-                tenant_id=event.tenant_id if event else "unknown",
-                process=self.process_name,
-                message=reason,
-                exc=exc,
-                metadata={
-                    "code": error_code(exc),
-                    "uri": event.uri if event else None,
-                    "stream": md.stream,
-                    "seq": md.sequence.stream,
-                    "deliveries": md.num_delivered,
-                    "trace": "".join(traceback.format_exception_only(exc)).strip(),
-                },
-            )
-        await dead_letter(
-            self.js,
-            self.spec,
-            msg,
-            reason=reason,
-            code=error_code(exc),
-            tenant_id=event.tenant_id if event else "",
-            uri=event.uri if event else "",
-        )
-        await msg.term()
-        metrics.DEAD_LETTERED.labels(self.spec.name).inc()
-        self.stats.dead_lettered += 1
-        log.error("dead-lettered %s: %s", event.uri if event else "invalid event", reason)
 
 
 class _RunningMark:
@@ -500,8 +683,6 @@ class _RunningMark:
 
 def _heals(exc: BaseException) -> bool:
     """Whether a failure may go away by itself (a database or broker that is down)."""
-    from p8fs.errors import is_permanent
-
     return isinstance(exc, Exception) and not is_permanent(exc)
 
 
