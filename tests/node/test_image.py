@@ -34,10 +34,10 @@ def flat(sections: list[Section]) -> str:
     return re.sub(r"\s+", " ", " ".join(s.text for s in sections)).strip()
 
 
-def require_ocr() -> None:
-    reason = ocr_module.ocr_unavailable_reason()
+def require_ocr(engine: str = "auto") -> None:
+    reason = ocr_module.ocr_unavailable_reason(engine)
     if reason:
-        server_missing(f"tesseract OCR ({reason})")
+        server_missing(f"{engine} OCR ({reason})")
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +86,15 @@ def test_file_object_source(scan_jpeg: Path) -> None:
     assert (context.metadata["width"], context.metadata["height"]) == (1700, 2200)
 
 
-def test_ocr_of_a_scanned_paragraph(first_paragraph: Path) -> None:
-    require_ocr()
-    sections, context = extract(first_paragraph)
+@pytest.mark.parametrize("engine", ["rapidocr", "tesseract"])
+def test_ocr_of_a_scanned_paragraph(first_paragraph: Path, engine: str) -> None:
+    require_ocr(engine)
+    sections, context = extract(first_paragraph, ocr_engine=engine)
     assert [s.metadata for s in sections] == [{"kind": "image", "ocr": True}]
     assert "Lorem ipsum dolor sit amet" in flat(sections)
     assert context.metadata["format"] == "PNG"
     assert context.metadata["ocr_frames"] == [1]
+    assert context.metadata["ocr_engine"] == engine
 
 
 def test_ocr_of_transparent_and_multi_frame_images(first_paragraph: Path, tmp_path: Path) -> None:
@@ -199,3 +201,4 @@ def test_missing_tesseract_is_a_warning_not_text(
     assert context.metadata["format"] == "PNG"
     (warning,) = context.warnings
     assert "tesseract-not-installed-here" in warning
+    assert "P8FS_OCR_ENGINE=rapidocr" in warning  # the way out that needs no program

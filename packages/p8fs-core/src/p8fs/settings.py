@@ -114,6 +114,13 @@ class Settings(BaseSettings):
         description="Longest audio or video accepted, in seconds: checked against the declared "
         "duration before decoding and against the decoded audio while transcribing.",
     )
+    ocr_engine: Literal["auto", "rapidocr", "tesseract"] = Field(
+        "auto",
+        description="OCR engine for scanned PDF pages and images (option ocr_engine): rapidocr "
+        "(models inside the p8fs-node[ocr] wheel, nothing else to install), tesseract (the "
+        "tesseract program; more accurate and faster), or auto: tesseract when its program is "
+        "installed, rapidocr otherwise.",
+    )
     whisper_model: str | None = Field(
         None,
         description="faster-whisper model: a folder holding model.bin and tokenizer.json, or a "

@@ -1,4 +1,4 @@
-"""Images: their facts from the file header, and their text when tesseract is installed.
+"""Images: their facts from the file header, and their text when an OCR engine can run.
 
 Pillow's ``Image.open`` reads only the header, so format, size and mode cost nothing however
 large the picture is; pixels are decoded only for OCR, and only after the pixel count passed the
@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from p8fs.errors import CorruptDocument, EmptyDocument, LimitExceeded
 from p8fs.providers import ContentProvider, ExtractContext, Section, Source, source_name
-from p8fs_node.ocr import DEFAULT_LANGUAGES, ocr_image, ocr_requested, ocr_unavailable_reason
+from p8fs_node.ocr import (
+    DEFAULT_LANGUAGES,
+    configured_engine,
+    ocr_image,
+    ocr_requested,
+    ocr_unavailable_reason,
+    used_engine,
+)
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -31,10 +38,12 @@ DEFAULT_MAX_OCR_FRAMES = 100
 class ImageProvider(ContentProvider):
     """PNG, JPEG, GIF, TIFF, BMP and WebP: header metadata, plus OCR text per frame.
 
-    Options: ``ocr`` (``False`` turns OCR off), ``ocr_languages`` (default ``"eng"``),
+    Options: ``ocr`` (``False`` turns OCR off), ``ocr_engine`` (``auto``, ``rapidocr`` or
+    ``tesseract``; setting ``P8FS_OCR_ENGINE``), ``ocr_languages`` (default ``"eng"``),
     ``max_image_pixels`` (default :data:`DEFAULT_MAX_IMAGE_PIXELS`, Pillow's ~89 megapixels),
     ``max_frames``. Document facts in ``context.metadata``: ``format``, ``width``, ``height``,
-    ``mode``, ``frames``, ``ocr_frames`` (1-based frames whose text came from OCR).
+    ``mode``, ``frames``, ``ocr_frames`` (1-based frames whose text came from OCR), ``ocr_engine``
+    (the engine that ran).
     """
 
     name: ClassVar[str] = "image"
@@ -99,7 +108,8 @@ class ImageProvider(ContentProvider):
 
             if not ocr_requested(options):
                 return
-            unavailable = ocr_unavailable_reason()
+            engine = configured_engine(options)
+            unavailable = ocr_unavailable_reason(engine)
             if unavailable:
                 context.warn(f"image text was not recognised: {unavailable}")
                 return
@@ -109,10 +119,13 @@ class ImageProvider(ContentProvider):
                 context.warn(f"only the first {max_frames} of {frames} frames were OCR'd")
             ocr_frames: list[int] = []
             context.metadata["ocr_frames"] = ocr_frames
+            context.metadata["ocr_engine"] = used_engine(engine)
             for index in range(min(frames, max_frames)):
                 context.check_deadline()
                 frame = _decoded_frame(image, index, name, ImageOps)
-                text = ocr_image(frame, languages=languages, deadline=context.deadline)
+                text = ocr_image(
+                    frame, languages=languages, deadline=context.deadline, engine=engine
+                )
                 if text:
                     ocr_frames.append(index + 1)
                     metadata: dict[str, Any] = {"kind": "image", "ocr": True}

@@ -1,4 +1,4 @@
-"""PDF text, page by page: pypdfium2 by default, pdfminer.six for reading order, tesseract for scans.
+"""PDF text, page by page: pypdfium2 by default, pdfminer.six for reading order, OCR for scans.
 
 Why these engines (measured on the corpus, see DESIGN.md): pypdfium2 reads ~300 pages/s with flat
 memory and recovers damaged files well; pdfminer.six is ~20x slower but orders the text of
@@ -49,10 +49,12 @@ from p8fs.errors import (
 from p8fs.providers import ContentProvider, ExtractContext, Section, Source, source_name
 from p8fs_node.ocr import (
     DEFAULT_LANGUAGES,
+    configured_engine,
     ocr_image,
     ocr_requested,
     ocr_unavailable_reason,
     option_flag,
+    used_engine,
 )
 
 if TYPE_CHECKING:
@@ -140,14 +142,16 @@ class PdfProvider(ContentProvider):
 
     Options (``context.options``): ``password`` (user or owner password of an encrypted file),
     ``layout`` (``True``: pdfminer.six reading order), ``ocr`` (``False`` disables OCR),
-    ``ocr_languages`` (tesseract languages, default ``"eng"``), ``ocr_dpi``, and the safety
+    ``ocr_engine`` (``auto``, ``rapidocr`` or ``tesseract``; setting ``P8FS_OCR_ENGINE``),
+    ``ocr_languages`` (tesseract language codes, default ``"eng"``), ``ocr_dpi``, and the safety
     limits ``max_pages``, ``max_uncompressed_bytes``, ``max_compression_ratio`` (see
     :func:`check_stream_expansion`).
 
     Document facts written to ``context.metadata``: ``pages``, ``encrypted``, ``pdf_version``,
     ``engine``, the info dictionary (``title``, ``author``, ``producer``, ``creator``, ``created``
     ...), ``pages_without_text`` (1-based numbers of pages with no text layer), ``ocr_pages``
-    (those whose text came from OCR) and ``pages_failed`` (pages that could not be read).
+    (those whose text came from OCR), ``ocr_engine`` (the engine that read them, once one ran)
+    and ``pages_failed`` (pages that could not be read).
     """
 
     name: ClassVar[str] = "pdf"
@@ -254,6 +258,7 @@ class PdfProvider(ContentProvider):
                     if len(failed) <= MAX_PAGE_WARNINGS:
                         context.warn(f"page {number} could not be rendered for OCR: {exc}")
                     continue
+                context.metadata["ocr_engine"] = ocr.engine
                 if recognised:
                     ocr_pages.append(number)
                     yield Section(recognised, {"page": number, "kind": "page", "ocr": True})
@@ -891,8 +896,10 @@ class _OcrPolicy:
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.requested = ocr_requested(options)
-        self.unavailable = ocr_unavailable_reason() if self.requested else None
+        self.choice = configured_engine(options) if self.requested else "auto"
+        self.unavailable = ocr_unavailable_reason(self.choice) if self.requested else None
         self.enabled = self.requested and self.unavailable is None
+        self.engine = used_engine(self.choice) if self.enabled else None
         self.languages = str(options.get("ocr_languages") or DEFAULT_LANGUAGES)
         self.dpi = float(options.get("ocr_dpi") or DEFAULT_OCR_DPI)
 
@@ -916,7 +923,9 @@ class _OcrPolicy:
                 bitmap.close()
             finally:
                 page.close()
-        return ocr_image(image, languages=self.languages, deadline=context.deadline)
+        return ocr_image(
+            image, languages=self.languages, deadline=context.deadline, engine=self.choice
+        )
 
 
 def _report_pages_without_text(
