@@ -17,7 +17,7 @@
 #
 # Caches live outside the repository (P8FS_IMAGE_CACHE, default ~/.cache/p8fs-image), so a
 # second run only rebuilds the p8fs wheels and the layers that use them.
-# Prints one line per target: "image <name> <seconds> s <bytes> bytes".
+# Prints one line per target: "image <name> built in <seconds> s, <size>".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,6 +66,30 @@ if [ ! -f "$wheelhouse/.complete" ]; then
   # pip builds the few dependencies published only as sdists; the image build then never does.
   python3 -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$wheelhouse" \
     -r "$constraints" "uv==$uv_version" 2> >(grep -v "is ignored: it is neither" >&2)
+  # pip chose by *this* interpreter's markers; the image's Python 3.11 may be another patch
+  # release (Debian bookworm: 3.11.2) with other pins (soupsieve for < 3.11.5): add those too.
+  python3 - "$constraints" >"$wheelhouse/other-pythons.txt" <<'PY'
+import sys
+from pip._vendor.packaging.markers import default_environment
+from pip._vendor.packaging.requirements import Requirement
+
+host = default_environment()
+for line in open(sys.argv[1]):
+    line = line.split("#", 1)[0].strip()
+    if not line or line.startswith("-") or ";" not in line:
+        continue
+    req = Requirement(line)
+    if req.marker is None or req.marker.evaluate(host):
+        continue
+    if any(req.marker.evaluate({**host, "python_full_version": f"3.11.{patch}"})
+           for patch in range(0, 30)):
+        print(f"{req.name}{req.specifier}")
+PY
+  if [ -s "$wheelhouse/other-pythons.txt" ]; then
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+      --python-version 3.11 --dest "$wheelhouse" -r "$wheelhouse/other-pythons.txt" \
+      2> >(grep -v "is ignored: it is neither" >&2)
+  fi
   touch "$wheelhouse/.complete"
 fi
 cp -l "$wheelhouse"/*.whl "$context/wheels/" 2>/dev/null || cp "$wheelhouse"/*.whl "$context/wheels/"
@@ -116,6 +140,17 @@ if [ "$base" = local ]; then
 fi
 
 # -- 3. the images -----------------------------------------------------------------------------
+# vfs keeps a full copy of the filesystem for every layer, and each rebuild leaves the previous
+# layers behind (they are the layer cache). Past P8FS_IMAGE_STORAGE_LIMIT_GB (default 40) the
+# unused ones are pruned, at the price of one cold build.
+graphroot="$("${buildah[@]}" info --format '{{.store.GraphRoot}}' 2>/dev/null || true)"
+if [ -n "$graphroot" ] && [ -d "$graphroot" ]; then
+  used_gb=$(( $(du -sk "$graphroot" 2>/dev/null | cut -f1) / 1024 / 1024 ))
+  if [ "$used_gb" -gt "${P8FS_IMAGE_STORAGE_LIMIT_GB:-40}" ]; then
+    log "image storage uses ${used_gb} GB: pruning unused layers"
+    "${buildah[@]}" rmi --prune >/dev/null || true
+  fi
+fi
 for t in "${targets[@]}"; do
   tag="$name:$version-$t"
   log "building $tag from $base"
@@ -124,6 +159,6 @@ for t in "${targets[@]}"; do
     --build-arg "BASE=$base" --build-arg "VERSION=$version" \
     --target "$t" -t "$tag" -f Containerfile "$context" >/dev/null
   seconds=$(( $(date +%s) - start ))
-  size="$("${buildah[@]}" inspect --type image --format '{{.Size}}' "$tag" 2>/dev/null || echo 0)"
-  echo "image $tag $seconds s $size bytes"
+  size="$("${buildah[@]}" images --format '{{.Size}}' "$tag" | head -n1)"
+  echo "image $tag built in $seconds s, $size"
 done
