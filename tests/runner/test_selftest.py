@@ -76,6 +76,37 @@ def test_send_sample_runs_the_three_steps_on_the_test_queue(
     asyncio.run(check())
 
 
+#: What must never appear in the self-test's output: a logged error, a traceback, or an asyncio
+#: task whose exception nobody retrieved (the README's first command must print none of them).
+DIRTY_OUTPUT = ("ERROR", "Traceback", "Task exception", "Exception ignored", "Unclosed")
+
+
+def test_send_sample_output_is_clean_in_a_fresh_process(runner_settings: RunnerSettings) -> None:
+    """The README's command, as a user runs it: a fresh ``p8fs-run`` process (the garbage
+    collector, imports and loop shutdown behave as in real use, unlike the in-process runner
+    above) sends the README's sample. Its output must have no error line and no traceback; the
+    upload's S3 client used to be closed on the wrong loop, printing "Task exception was never
+    retrieved ... attached to a different loop" between step 2 and step 3."""
+    sample = corpus_path("p8fs_sample_data/content/Sample.pdf")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P8FS_")}
+    env.update(runner_env(runner_settings))
+    env["PYTHONWARNINGS"] = "default::ResourceWarning"  # unclosed sockets and files, too
+    result = subprocess.run(
+        [sys.executable, "-m", "p8fs_runner", "--tier", "small", "--send-sample", str(sample)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "✅ Successfully processed Sample.pdf" in output, output
+    dirty = [line for line in output.splitlines() if any(m in line for m in DIRTY_OUTPUT)]
+    assert dirty == [], output
+
+
 def _worker_process(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """``p8fs-run worker --tier small`` in its own process, with the test providers registered."""
     return subprocess.Popen(

@@ -85,23 +85,21 @@ def verify_sql(settings: RunnerSettings, tenant_id: str) -> list[str]:
     ]
 
 
-def _upload(settings: RunnerSettings, path: Path, bucket: str, key: str) -> None:
-    """Stream the file to S3 (multipart for large files; never read whole into memory)."""
-    import s3fs
+async def _upload(settings: RunnerSettings, path: Path, bucket: str, key: str) -> None:
+    """Stream the file to S3 (multipart for large files; never read whole into memory).
 
-    from p8fs.storage import storage_options_from_settings
+    Through the running loop's async S3 client, the one the worker's ``afetch`` then reuses and
+    :func:`run_selftest` closes on this loop. A synchronous ``s3fs`` filesystem here (as before)
+    ran its client on fsspec's own I/O thread, and the garbage collector finalised it later on
+    the main thread, where s3fs schedules the client's close on the *running* loop: "Task
+    exception was never retrieved ... attached to a different loop" in the middle of step 3.
+    """
+    from p8fs.storage import async_s3_filesystem, storage_options_from_settings
 
-    fs = s3fs.S3FileSystem(
-        skip_instance_cache=True,
-        use_listings_cache=False,
-        **storage_options_from_settings(settings),
-    )
-    if not fs.exists(bucket):
-        fs.mkdir(bucket)
-    fs.put_file(str(path), f"{bucket}/{key}")
-    # Let the filesystem be finalised here, in this thread: finalised later inside the running
-    # event loop, s3fs schedules its session's close on the wrong loop and logs an error.
-    del fs
+    fs = await async_s3_filesystem(storage_options_from_settings(settings))
+    if not await fs._exists(bucket):
+        await fs._mkdir(bucket)
+    await fs._put_file(str(path), f"{bucket}/{key}")
 
 
 async def run_selftest(
@@ -116,8 +114,26 @@ async def run_selftest(
 ) -> SelfTestResult:
     """Upload ``sample``, publish its event to the TEST queue, process it, report.
 
-    ``settings`` must already point at running services (the CLI resolves embedded ones).
+    ``settings`` must already point at running services (the CLI resolves embedded ones). The
+    S3 client used for the upload and the download is closed on this loop before returning.
     """
+    from p8fs.storage import aclose_filesystems
+
+    try:
+        return await _run_selftest(settings, sample, tier, echo, tenant_id, time_limit, queue)
+    finally:
+        await aclose_filesystems()
+
+
+async def _run_selftest(
+    settings: RunnerSettings,
+    sample: Path,
+    tier: str,
+    echo: Echo,
+    tenant_id: str,
+    time_limit: float,
+    queue: tiers.QueueSpec,
+) -> SelfTestResult:
     from p8fs_runner.connection import connect_nats
     from p8fs_runner.processing import PipelineProcessor
     from p8fs_runner.runtime import LazyDatabase
@@ -137,7 +153,7 @@ async def run_selftest(
         )
 
     echo(f"📤 Step 1: Uploading {sample.name} to SeaweedFS...")
-    await asyncio.to_thread(_upload, settings, sample, bucket, key)
+    await _upload(settings, sample, bucket, key)
     echo(f"✅ Uploaded to: {key}")
     echo(f"   Bucket: {bucket}  ({uri})")
     echo(f"   Size: {size:,} bytes")
