@@ -612,3 +612,32 @@ def runner_env(
     if database_url is not None:
         env["P8FS_DATABASE_URL"] = database_url
     return env
+
+
+def grant_s3_identity(seaweedfs: Any, name: str, access_key: str, secret_key: str) -> None:
+    """Give a running SeaweedFS a new S3 identity (read and list), as an operator rotating
+    credentials would: ``weed shell`` ``s3.configure -apply``. The S3 gateway accepts it at
+    once, without a restart (measured; editing the ``-s3.config`` file is not re-read)."""
+    from p8fs_runner.embedded import weed_binary
+
+    command = (
+        f"s3.configure -user={name} -access_key={access_key} -secret_key={secret_key} "
+        "-actions=Read,List -apply\n"
+    )
+    done = subprocess.run(
+        [
+            str(weed_binary()),
+            "shell",
+            f"-master={seaweedfs.host}:{seaweedfs.master_port}",
+            f"-filer={seaweedfs.filer_address}",
+        ],
+        input=command.encode(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if access_key.encode() not in done.stdout:
+        raise AssertionError(
+            f"weed shell s3.configure failed ({done.returncode}): "
+            f"{done.stdout.decode(errors='replace')[-500:]}{done.stderr.decode(errors='replace')[-500:]}"
+        )
