@@ -156,6 +156,7 @@ async def _caught_up(node: ClusterNode) -> bool:
         return False
 
 
+@pytest.mark.timeout(480)
 async def test_r3_streams_lose_nothing_when_the_leader_and_then_a_follower_are_killed(
     nats_cluster: NatsCluster, seaweedfs: Any, pg_url: str, tmp_path: Path
 ) -> None:
@@ -228,6 +229,7 @@ async def test_r3_streams_lose_nothing_when_the_leader_and_then_a_follower_are_k
     assert report.redeliveries > 0  # the kills really hit messages in flight
 
 
+@pytest.mark.timeout(300)
 async def test_r1_streams_stall_and_lose_messages_when_their_node_is_lost(
     seaweedfs: Any, pg_url: str, tmp_path: Path
 ) -> None:

@@ -343,3 +343,25 @@ async def test_a_node_down_at_start_is_skipped_and_none_up_is_a_clear_error(
     assert "any of the 3 NATS servers of P8FS_NATS_URL" in message
     assert all(node.address in message for node in nats_cluster.nodes)
     assert nats_cluster.password.get_secret_value() not in message
+
+
+async def test_a_key_value_buckets_replicas_follow_the_setting(nats_cluster: NatsCluster) -> None:
+    """``ensure_replicas`` for streams the router does not define (the bridge's checkpoint
+    bucket): a bucket made with one copy gets three, keeps its keys, and is left alone after."""
+    import nats
+
+    from p8fs_runner.topology import ensure_replicas
+
+    nc = await nats.connect(**nats_cluster.connect_options())
+    try:
+        js = nc.jetstream()
+        kv = await js.create_key_value(bucket="P8FS_BRIDGE", history=1)
+        await kv.put("checkpoint", b"42")
+        assert await ensure_replicas(js, "KV_P8FS_BRIDGE", 3) is True
+        assert (await js.stream_info("KV_P8FS_BRIDGE")).config.num_replicas == 3
+        assert (await kv.get("checkpoint")).value == b"42"
+        assert await ensure_replicas(js, "KV_P8FS_BRIDGE", 3) is False
+        with pytest.raises(ConfigurationError, match="P8FS_NATS_REPLICAS=5"):
+            await ensure_replicas(js, "KV_P8FS_BRIDGE", 5)
+    finally:
+        await nc.close()

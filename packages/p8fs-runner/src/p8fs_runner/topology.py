@@ -268,6 +268,32 @@ async def _ensure_stream(
     report.streams_updated.append(config.name)
 
 
+async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> bool:
+    """Give an existing stream ``replicas`` copies if it has another number; True if updated.
+
+    For streams the router does not define but should not lose with a node either, such as
+    the bridge's checkpoint bucket (a key-value bucket is the stream ``KV_<bucket>``): only the
+    replicas change, everything else the stream's owner set stays. Errors as for the router's
+    own streams (a :class:`ConfigurationError` naming ``P8FS_NATS_REPLICAS``).
+    """
+    info = await js.stream_info(stream)
+    if (info.config.num_replicas or 1) == replicas:
+        return False
+    try:
+        await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+    except APIError as exc:
+        raise _replicas_error(stream, replicas, exc) or TopologyError(
+            f"cannot change the replicas of stream {stream}: {exc.description}"
+        ) from exc
+    log.warning(
+        "stream %s: replicas %s -> %s (P8FS_NATS_REPLICAS)",
+        stream,
+        info.config.num_replicas or 1,
+        replicas,
+    )
+    return True
+
+
 def _differs(current: api.ConsumerConfig, wanted: api.ConsumerConfig) -> bool:
     fields = ("ack_wait", "backoff", "max_deliver", "max_ack_pending", "filter_subject")
     return any(getattr(current, f) != getattr(wanted, f) for f in fields)
