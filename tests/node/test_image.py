@@ -77,7 +77,10 @@ def test_header_facts_without_ocr(scan_jpeg: Path) -> None:
         "frames": 1,
     }
     assert context.metadata["mode"] in ("L", "RGB")
-    assert context.warnings == []
+    # Why there is no text (the pipeline keeps a file with no text only when it has a reason).
+    assert context.warnings == [
+        "image text was not recognised: OCR was turned off (option ocr=False)"
+    ]
 
 
 def test_file_object_source(scan_jpeg: Path) -> None:
@@ -135,6 +138,7 @@ def test_ocr_does_not_hallucinate_on_a_tiny_picture(tmp_path: Path) -> None:
     assert sections == []
     assert (context.metadata["width"], context.metadata["height"]) == (16, 16)
     assert context.metadata["ocr_frames"] == []
+    assert any("no text was recognised in the image" in w for w in context.warnings)
 
 
 def png_header_only(width: int, height: int) -> bytes:

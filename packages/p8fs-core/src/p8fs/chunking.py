@@ -16,7 +16,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from p8fs.providers import Section
+from p8fs.errors import EmptyDocument
+from p8fs.providers import ExtractContext, Section
 from p8fs.tokens import Tokenizer, get_tokenizer
 
 #: What stands between two sections' texts in the document text a chunker reproduces.
@@ -31,6 +32,48 @@ def join_sections(sections: Iterable[Section]) -> str:
             parts.append(SECTION_SEPARATOR)
         parts.append(section.text)
     return "".join(parts)
+
+
+#: Media whose text is derived (speech recognition, OCR): having none is not being empty.
+DERIVED_TEXT_MEDIA = ("audio/", "video/", "image/")
+
+
+def require_text(sections: Iterable[Section], context: ExtractContext) -> Iterator[Section]:
+    """``sections`` unchanged, or :class:`~p8fs.errors.EmptyDocument` if they hold no text.
+
+    A file of nothing but whitespace (``"\\n\\n\\n"``, a Word or HTML document of blank
+    paragraphs, a PDF whose pages hold only spaces) has no content, exactly like a file of 0
+    bytes, and ends the same way instead of as one whitespace chunk. Checked here, between any
+    provider and any chunker, so it holds for every format.
+
+    "No text" is not always "empty": a scan without OCR, a picture, a recording without speech
+    have content that is not text. So the file is kept (with no chunk) when the provider said
+    why it has no text (``context.warn``: pages without a text layer, OCR switched off or
+    unavailable, no audio stream), or when its type is one whose text is derived
+    (:data:`DERIVED_TEXT_MEDIA`). Whitespace never becomes a chunk on its own either way.
+
+    Leading whitespace-only sections are held back until a section with text arrives and then
+    passed on in order, so the chunks still reproduce the document exactly; only those leading
+    blanks are ever held.
+    """
+    held: list[Section] = []
+    found_text = False
+    for section in sections:
+        if found_text:
+            yield section
+        elif section.text and not section.text.isspace():
+            found_text = True
+            yield from held
+            held.clear()
+            yield section
+        else:
+            held.append(section)
+    if found_text or context.warnings:
+        return
+    if (context.mime_type or "").startswith(DERIVED_TEXT_MEDIA):
+        return
+    blank = "only whitespace" if held else "no text"
+    raise EmptyDocument(f"{context.uri} is empty ({blank})", uri=context.uri)
 
 
 @dataclass(slots=True)

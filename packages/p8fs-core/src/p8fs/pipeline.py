@@ -223,6 +223,7 @@ async def _ingest_source(
     if source.size == 0:
         raise EmptyDocument(f"{source.uri} is empty (0 bytes)", uri=source.uri)
 
+    from p8fs.chunking import require_text
     from p8fs.plugins import get_registry
 
     registry = get_registry()
@@ -244,7 +245,9 @@ async def _ingest_source(
 
     def produce() -> Iterator[Chunk]:
         try:
-            yield from chunker.chunk(provider.extract(source.open(), context))
+            # No text but whitespace is an empty document, whatever the format (one check for all).
+            sections = require_text(provider.extract(source.open(), context), context)
+            yield from chunker.chunk(sections)
         except P8fsError:
             raise
         except Exception as exc:

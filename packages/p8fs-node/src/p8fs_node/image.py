@@ -106,7 +106,10 @@ class ImageProvider(ContentProvider):
             if limit and width * height > limit:
                 raise LimitExceeded(_bomb_message(name, (width, height), limit), limit=limit)
 
+            # Every way of ending without text says why: a picture without text is not an empty
+            # file (the pipeline refuses documents with no text and no reason).
             if not ocr_requested(options):
+                context.warn("image text was not recognised: OCR was turned off (option ocr=False)")
                 return
             engine = configured_engine(options)
             unavailable = ocr_unavailable_reason(engine)
@@ -132,6 +135,8 @@ class ImageProvider(ContentProvider):
                     if frames > 1:
                         metadata["frame"] = index + 1
                     yield Section(text, metadata)
+            if not ocr_frames:
+                context.warn(f"no text was recognised in the image ({used_engine(engine)} OCR)")
 
 
 #: Serialises raising Pillow's process-wide limit (see :func:`_allow_in_pillow`).

@@ -245,6 +245,12 @@ class PdfProvider(ContentProvider):
                     continue
                 if fields:
                     yield Section(fields, {"page": number, "kind": "form"})
+                if text and _draws_only_text(doc, index, deadline):
+                    # A text layer of only whitespace and nothing else drawn: nothing to OCR or
+                    # warn about; the page's text is that whitespace, and the pipeline decides
+                    # what a document of nothing but whitespace is (empty, like 0 bytes).
+                    yield Section(text, {"page": number, "kind": "page"})
+                    continue
                 without_text.append(number)
                 if not has_content or not ocr.enabled:
                     continue
@@ -889,6 +895,18 @@ def _layout_text(item: Any) -> str:
 
     render(item)
     return "".join(parts).replace("\x00", "")
+
+
+def _draws_only_text(doc: pypdfium2.PdfDocument, index: int, deadline: float | None) -> bool:
+    """Whether page ``index`` draws text objects only (no image, path or form to OCR)."""
+    import pypdfium2.raw as pdfium_c
+
+    with pdfium_lock(deadline):
+        page = doc[index]
+        try:
+            return all(obj.type == pdfium_c.FPDF_PAGEOBJ_TEXT for obj in page.get_objects())
+        finally:
+            page.close()
 
 
 class _OcrPolicy:
