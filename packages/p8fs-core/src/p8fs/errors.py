@@ -66,7 +66,7 @@ class EncryptedDocument(ProviderError):
 
 
 class EmptyDocument(ProviderError):
-    """The file has no bytes at all."""
+    """The file has no bytes at all, or no text but whitespace (``chunking.require_text``)."""
 
     code = "empty"
 
