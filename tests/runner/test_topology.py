@@ -238,6 +238,11 @@ async def test_replicas_of_existing_streams_follow_the_setting_without_losing_me
         assert info.config.num_replicas == 3 and info.state.messages == 20
         # The same setting again changes nothing: no update request is sent at all.
         assert (await ensure_topology(js, replicas=3)).streams_updated == []
+        # Nor does a caller that does not say (the table's rows, the self-test's TEST queue):
+        # it never undoes what the router decided.
+        assert (await ensure_topology(js)).streams_updated == []
+        assert (await ensure_topology(js, (tiers.TEST,))).streams_updated == []
+        assert (await js.stream_info(tiers.DLQ_STREAM)).config.num_replicas == 3
 
         async def copies() -> int:
             return len(nats_cluster.stream_replicas(tiers.SMALL.stream))

@@ -76,7 +76,10 @@ class QueueSpec:
     memory: str = field(default="", compare=False)
     #: Copies of the stream (and its consumer) JetStream keeps: ``P8FS_NATS_REPLICAS``, the
     #: same for every queue (:meth:`RunnerSettings.queues` sets it); 3 on a 3-node cluster.
-    replicas: int = 1
+    #: ``None`` (the table's rows): not this spec's business -- a new stream gets the server's
+    #: default (1) and an existing one keeps its copies, so a caller that sets up one queue on
+    #: its own (the self-test) never changes what the router decided.
+    replicas: int | None = None
 
     def __post_init__(self) -> None:
         if not self.backoff or any(b <= 0 for b in self.backoff):
@@ -88,7 +91,7 @@ class QueueSpec:
             raise ValueError(f"queue {self.name}: max_deliver must exceed len(backoff)")
         if self.batch < 1 or self.concurrency < 1 or self.max_ack_pending < self.concurrency:
             raise ValueError(f"queue {self.name}: batch, concurrency, max_ack_pending inconsistent")
-        if not 1 <= self.replicas <= MAX_REPLICAS:
+        if self.replicas is not None and not 1 <= self.replicas <= MAX_REPLICAS:
             raise ValueError(f"queue {self.name}: replicas must be 1 to {MAX_REPLICAS}")
 
     @property

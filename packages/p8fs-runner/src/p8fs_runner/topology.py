@@ -133,7 +133,7 @@ def stream_config(spec: QueueSpec) -> api.StreamConfig:
     )
 
 
-def dlq_stream_config(replicas: int = 1) -> api.StreamConfig:
+def dlq_stream_config(replicas: int | None = None) -> api.StreamConfig:
     """Dead letters: kept (limits retention) until replayed or ``DLQ_MAX_AGE`` passes, with as
     many copies as the queues (a dead letter is the only record of a failed event)."""
     return api.StreamConfig(
@@ -345,7 +345,8 @@ async def ensure_topology(
     stream, and delete stale consumers. Idempotent: several router replicas may run it at once.
 
     Streams get ``replicas`` copies, or each queue's own ``replicas`` (``P8FS_NATS_REPLICAS``
-    through :meth:`RunnerSettings.queues`); the dead-letter stream the most of them. Raises
+    through :meth:`RunnerSettings.queues`); the dead-letter stream the most of them. Where
+    neither says (``None``: the tier table's own rows), existing streams keep their copies. Raises
     :class:`ConfigurationError` naming the setting when JetStream is off or the deployment
     cannot hold that many copies.
     """
@@ -361,7 +362,7 @@ async def ensure_topology(
             await _ensure_consumer(js, spec, report)
 
         await _retrying(js, queue_step, spec.stream)
-    dlq_replicas = max((q.replicas for q in queues), default=1)
+    dlq_replicas = max((q.replicas for q in queues if q.replicas is not None), default=None)
 
     async def dlq_step() -> None:
         await _ensure_stream(js, dlq_stream_config(dlq_replicas), report)
