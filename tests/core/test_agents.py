@@ -54,7 +54,7 @@ async def test_sends_schema_docstring_and_forced_tool(llm_server: FakeLLMServer,
     sent = request.headers.get("x-api-key") or request.headers.get("authorization", "")
     assert sent.removeprefix("Bearer ") == "sk-ant-test-not-a-real-key"
     assert request.body is not None
-    assert request.body["model"] == "claude-sonnet-4-5"
+    assert request.body["model"] == "claude-sonnet-5-5"
     assert request.tool_schema == MomentBuilder.model_json_schema()
     assert request.body["tools"][0]["name"] == "MomentBuilder"
     assert request.body["tool_choice"]["type"] == "tool"

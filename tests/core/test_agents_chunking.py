@@ -250,5 +250,5 @@ def test_context_too_small_names_the_setting() -> None:
         plan_chunks(
             MomentBuilder,
             agent_input,
-            resolve_llm("claude-sonnet-4-5", require_key=False, context_tokens=300),
+            resolve_llm("claude-sonnet-5-5", require_key=False, context_tokens=300),
         )

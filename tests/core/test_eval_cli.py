@@ -110,7 +110,7 @@ def test_single_transcript_yaml_as_the_seed_shows(
         "--file",
         str(samples / f"{STANDUP}_input.json"),
         "--model",
-        "claude-sonnet-4-5",
+        "claude-sonnet-5-5",
         "--format",
         "yaml",
     )
@@ -125,7 +125,7 @@ def test_single_transcript_yaml_as_the_seed_shows(
         "fp_sam_t1",
     ]
     [request] = llm_server.message_requests()
-    assert request.body is not None and request.body["model"] == "claude-sonnet-4-5"
+    assert request.body is not None and request.body["model"] == "claude-sonnet-5-5"
 
 
 def test_json_to_file_scored_against_expected(
@@ -238,7 +238,7 @@ def test_python_m_p8fs_cli_eval(
             "--file",
             str(samples / f"{STANDUP}_input.json"),
             "--model",
-            "claude-sonnet-4-5",
+            "claude-sonnet-5-5",
             "--format",
             "yaml",
         ],

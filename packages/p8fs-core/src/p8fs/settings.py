@@ -129,7 +129,10 @@ class Settings(BaseSettings):
 
     # -- agents -----------------------------------------------------------------------
     default_model: str = Field(
-        "claude-sonnet-4-5", description="LLM used by the agents unless a call names another."
+        "claude-sonnet-5-5",
+        description="LLM used by the agents unless a call names another: the newest Sonnet of "
+        "the installed anthropic SDK that is not deprecated. A model past its end of life is "
+        "refused before any request; a deprecated one logs a warning with the date.",
     )
     anthropic_api_key: SecretStr | None = Field(
         None,

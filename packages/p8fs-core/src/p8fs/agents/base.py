@@ -98,7 +98,7 @@ class Agent(BaseModel):
     def run(cls, data: Any, **options: Any) -> Self:
         """Run the agent and wait for it; safe inside a running event loop (Jupyter).
 
-        Options: ``model`` (e.g. ``claude-sonnet-4-5``, ``openai/gpt-4o``), ``max_retries``,
+        Options: ``model`` (e.g. ``claude-sonnet-5-5``, ``openai/gpt-4o``), ``max_retries``,
         ``context_tokens``, ``settings``, ``llm`` (see :func:`p8fs.agents.runtime.arun_agent`).
         """
         from p8fs.agents.runtime import run_agent

@@ -19,6 +19,16 @@ from p8fs.errors import ConfigurationError
 from p8fs.settings import Settings
 
 Provider = Literal["anthropic", "openai"]
+#: How the model is made to answer in the agent's schema (instructor's mode), per provider:
+#: ``tools`` a forced tool/function call (Anthropic, OpenAI, vLLM, llama.cpp; llama-cpp-python
+#: turns it into a JSON-schema grammar), ``json_schema`` the response_format structured output
+#: (OpenAI, vLLM, llama.cpp's C++ server; Anthropic's structured outputs), ``json`` JSON mode with
+#: the schema in the system prompt (servers without tool calling), ``md_json`` JSON in a
+#: Markdown block (anything that returns text; OpenAI-compatible only).
+StructuredOutput = Literal["auto", "tools", "json_schema", "json", "md_json"]
+
+#: Context windows (prompt + answer) assumed when neither the setting nor the server says.
+DEFAULT_WINDOWS: dict[str, int] = {"anthropic": 200_000, "openai": 128_000}
 
 
 class LLMSettings(BaseSettings):
@@ -42,7 +52,27 @@ class LLMSettings(BaseSettings):
         description="Input tokens one call may carry (prompt + schema + data); larger input is "
         "split into chunks whose results are merged.",
     )
-    max_output_tokens: int = Field(8192, ge=256, description="max_tokens of each call.")
+    context_window: int | None = Field(
+        None,
+        ge=512,
+        description="The model's whole context in tokens (prompt + answer). Unset: what the "
+        "server reports (llama.cpp /props, vLLM and LM Studio /v1/models), else learned from "
+        "the server's first context-length error, else 200000 for Anthropic and 128000 for "
+        "OpenAI. Input chunks and each call's max_tokens are sized to fit it.",
+    )
+    max_output_tokens: int = Field(
+        8192,
+        ge=256,
+        description="Most tokens one answer may use (max_tokens); lowered per call so that "
+        "prompt + answer fit the context window.",
+    )
+    structured_output: StructuredOutput = Field(
+        "auto",
+        description="How the answer is forced into the agent's schema: tools (a forced tool "
+        "call), json_schema (response_format structured output), json (JSON mode, schema in "
+        "the prompt), md_json (JSON in a Markdown block). auto: tools, which Anthropic, "
+        "OpenAI, vLLM and llama.cpp servers all honour.",
+    )
     max_retries: int = Field(
         2, ge=0, description="instructor re-asks after output that fails validation."
     )
@@ -68,29 +98,80 @@ class LLMConfig:
     timeout: float
     concurrency: int
     encoding: str = "o200k_base"
+    context_window: int | None = None
+    structured_output: StructuredOutput = "auto"
+    #: Why this provider was chosen, for error messages ("the anthropic/ prefix", ...).
+    route: str = ""
 
     @property
     def key_variable(self) -> str:
         return "ANTHROPIC_API_KEY" if self.provider == "anthropic" else "OPENAI_API_KEY"
 
+    @property
+    def self_hosted(self) -> bool:
+        """An OpenAI-compatible server of the user's own (a base URL other than OpenAI's)."""
+        return (
+            self.provider == "openai"
+            and self.base_url is not None
+            and "api.openai.com" not in self.base_url
+        )
 
-def split_model_name(name: str, default_provider: Provider | None = None) -> tuple[Provider, str]:
+    @property
+    def mode(self) -> str:
+        """The structured-output mode in effect (``auto`` resolved)."""
+        if self.structured_output == "auto":
+            return "tools"
+        return self.structured_output
+
+    @property
+    def schema_in_prompt(self) -> bool:
+        """Whether the schema costs prompt tokens: hosted APIs render tools into the prompt and
+        JSON modes put the schema in the system message; a self-hosted server enforcing tools or
+        json_schema with a grammar usually does not show the schema to the model at all (if its
+        chat template does, its first context-length error corrects the estimate)."""
+        if self.mode in ("json", "md_json"):
+            return True
+        return not self.self_hosted
+
+    def default_window(self) -> int | None:
+        """The context window when neither the setting nor the server tells."""
+        if self.context_window is not None:
+            return self.context_window
+        if self.self_hosted:
+            return None
+        return DEFAULT_WINDOWS.get(self.provider)
+
+
+def split_model_name(
+    name: str, default_provider: Provider | None = None, *, base_url: str | None = None
+) -> tuple[Provider, str]:
     """``"openai/gpt-4o"`` → ``("openai", "gpt-4o")``; a bare name uses the default provider.
 
-    A bare name that is unmistakably OpenAI's (``gpt-*``, ``o1``/``o3``/``o4``...) goes to OpenAI
+    A bare name goes to the configured OpenAI-compatible server when ``P8FS_LLM_BASE_URL`` is set
+    (the user said where their models live; ``anthropic/<name>`` still reaches Anthropic). A
+    bare name that is unmistakably OpenAI's (``gpt-*``, ``o1``/``o3``/``o4``...) goes to OpenAI
     when no provider is configured, so ``--model gpt-4o`` does what its user means.
     """
+    return _route(name, default_provider, base_url)[:2]
+
+
+def _route(
+    name: str, default_provider: Provider | None, base_url: str | None
+) -> tuple[Provider, str, str]:
+    """Provider, model name, and the reason (for error messages)."""
     prefix, sep, rest = name.partition("/")
     if sep and prefix in ("anthropic", "openai"):
-        return prefix, rest  # type: ignore[return-value]
+        return prefix, rest, f"the {prefix}/ prefix"  # type: ignore[return-value]
     if default_provider is not None:
-        return default_provider, name
+        return default_provider, name, f"P8FS_LLM_PROVIDER={default_provider}"
+    if base_url:
+        return "openai", name, "P8FS_LLM_BASE_URL is set"
     lowered = name.lower()
     if lowered.startswith(("gpt-", "chatgpt-")) or (
         len(lowered) > 1 and lowered[0] == "o" and lowered[1].isdigit()
     ):
-        return "openai", name
-    return "anthropic", name
+        return "openai", name, "an OpenAI model name"
+    return "anthropic", name, "the default provider"
 
 
 def resolve_llm(
@@ -109,8 +190,13 @@ def resolve_llm(
     """
     settings = settings or Settings()
     llm = llm or LLMSettings()
-    provider, model_name = split_model_name(model or settings.default_model, llm.provider)
+    provider, model_name, route = _route(
+        model or settings.default_model, llm.provider, llm.base_url
+    )
     if provider == "anthropic":
+        from p8fs.agents.lifecycle import check_model
+
+        check_model(model_name)  # a retired model fails here, before any request
         secret = settings.anthropic_api_key
         base_url = None  # the SDK reads ANTHROPIC_BASE_URL itself
     else:
@@ -121,13 +207,20 @@ def resolve_llm(
         api_key = "not-needed"  # self-hosted servers usually ignore the key; the SDK wants one
     if not api_key and require_key:
         variable = "ANTHROPIC_API_KEY" if provider == "anthropic" else "OPENAI_API_KEY"
+        ignored = (
+            f"; P8FS_LLM_BASE_URL ({llm.base_url}) is not used for {provider} models "
+            f"(chosen by {route})"
+            if llm.base_url and provider == "anthropic"
+            else ""
+        )
         raise ConfigurationError(
-            f"no API key for {provider} (model {model_name!r}): set {variable}"
+            f"no API key for {provider} (model {model_name!r}, chosen by {route}): set {variable}"
             + (
                 ", or point P8FS_LLM_BASE_URL at a self-hosted OpenAI-compatible server"
                 if provider == "openai"
                 else ""
-            ),
+            )
+            + ignored,
             setting=variable,
         )
     values: dict[str, object] = {
@@ -137,6 +230,8 @@ def resolve_llm(
         "sdk_max_retries": llm.sdk_max_retries,
         "timeout": llm.timeout,
         "concurrency": llm.concurrency,
+        "context_window": llm.context_window,
+        "structured_output": llm.structured_output,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return LLMConfig(
@@ -145,5 +240,6 @@ def resolve_llm(
         api_key=api_key,
         base_url=base_url,
         encoding=settings.token_encoding,
+        route=route,
         **values,  # type: ignore[arg-type]
     )

@@ -61,3 +61,31 @@ class InvalidAgentInput(P8fsError):
         self.source = source
         self.line = line
         self.column = column
+
+
+class AgentTruncatedError(AgentOutputError):
+    """The answer was cut off (at ``max_tokens`` or the end of the context window) before its
+    JSON closed. The runtime splits the input and tries again; this is raised when the input
+    cannot be split further."""
+
+    code = "agent_truncated"
+
+
+class AgentContextError(AgentRequestError):
+    """The server refused a prompt larger than its context window. ``window`` is the size it
+    stated, ``prompt_tokens`` the prompt it counted (when it said); the runtime re-plans with
+    them."""
+
+    code = "context_length_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        window: int | None = None,
+        prompt_tokens: int | None = None,
+        **details: Any,
+    ) -> None:
+        super().__init__(message, status_code=400, window=window, **details)
+        self.window = window
+        self.prompt_tokens = prompt_tokens

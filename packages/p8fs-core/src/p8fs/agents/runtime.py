@@ -21,14 +21,34 @@ import concurrent.futures
 import contextvars
 import json
 import logging
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from p8fs.agents.base import Agent, AgentInput
 from p8fs.agents.config import LLMConfig, LLMSettings, resolve_llm
-from p8fs.agents.errors import AgentOutputError, AgentRequestError, AgentServiceError
+from p8fs.agents.errors import (
+    AgentContextError,
+    AgentOutputError,
+    AgentRequestError,
+    AgentServiceError,
+    AgentTruncatedError,
+)
+from p8fs.agents.limits import (
+    COUNT_SAFETY,
+    FRAMING_TOKENS,
+    MIN_ANSWER_TOKENS,
+    answer_reserve,
+    facts_for,
+    learn_from_context_error,
+    max_tokens_for,
+    probe_server,
+    server_token_count,
+    window_of,
+)
 from p8fs.errors import ConfigurationError, P8fsError
+from p8fs.providers import Section
 from p8fs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,11 +56,37 @@ log = logging.getLogger(__name__)
 A = TypeVar("A", bound=Agent)
 M = TypeVar("M", bound=BaseModel)
 
-#: Tokens kept free for the wrapping of a call (role markers, tool framing, part notes).
-FRAMING_TOKENS = 200
+__all__ = ["FRAMING_TOKENS", "arun_agent", "plan_chunks", "prompt_overhead", "run_agent"]
 
 
 # -- clients ----------------------------------------------------------------------------------
+#: (provider, P8FS_LLM_STRUCTURED_OUTPUT) → instructor's Mode member.
+INSTRUCTOR_MODES: dict[tuple[str, str], str] = {
+    ("anthropic", "tools"): "TOOLS",
+    ("anthropic", "json_schema"): "JSON_SCHEMA",
+    ("anthropic", "json"): "JSON",
+    ("openai", "tools"): "TOOLS",
+    ("openai", "json_schema"): "JSON_SCHEMA",
+    ("openai", "json"): "JSON",
+    ("openai", "md_json"): "MD_JSON",
+}
+
+
+def instructor_mode(config: LLMConfig) -> Any:
+    """instructor's mode for the configured structured output (a clear error if unsupported)."""
+    import instructor
+
+    name = INSTRUCTOR_MODES.get((config.provider, config.mode))
+    if name is None:
+        allowed = ", ".join(sorted(m for p, m in INSTRUCTOR_MODES if p == config.provider))
+        raise ConfigurationError(
+            f"P8FS_LLM_STRUCTURED_OUTPUT={config.mode} is not available for {config.provider} "
+            f"models (use auto, {allowed})",
+            setting="P8FS_LLM_STRUCTURED_OUTPUT",
+        )
+    return getattr(instructor.Mode, name)
+
+
 def make_client(config: LLMConfig) -> Any:
     """An async instructor client for ``config`` (SDK retries and timeout applied)."""
     try:
@@ -49,6 +95,7 @@ def make_client(config: LLMConfig) -> Any:
         raise ConfigurationError(
             "agents need the 'agents' extra: pip install 'p8fs-core[agents]'"
         ) from exc
+    mode = instructor_mode(config)
     if config.provider == "anthropic":
         import anthropic
 
@@ -57,7 +104,7 @@ def make_client(config: LLMConfig) -> Any:
             max_retries=config.sdk_max_retries,
             timeout=config.timeout,
         )
-        return instructor.from_anthropic(client)
+        return instructor.from_anthropic(client, mode=mode)
     import openai
 
     oclient = openai.AsyncOpenAI(
@@ -66,7 +113,83 @@ def make_client(config: LLMConfig) -> Any:
         max_retries=config.sdk_max_retries,
         timeout=config.timeout,
     )
-    return instructor.from_openai(oclient, mode=instructor.Mode.TOOLS)
+    guard_truncation(oclient)
+    return instructor.from_openai(oclient, mode=mode)
+
+
+def guard_truncation(oclient: Any) -> None:
+    """Make a cut-off answer an ``IncompleteOutputException`` before instructor parses it.
+
+    instructor detects a cut-off only by ``finish_reason == "length"``. llama-cpp-python
+    reports ``tool_calls`` even when it stopped at ``max_tokens`` (or at the end of its window,
+    to which it silently shortens ``max_tokens``), so instructor would re-ask with the broken
+    JSON appended — a longer prompt that then overflows the window. Here a cut-off is also
+    recognised by the usage (as many completion tokens as allowed) and by the text itself (JSON
+    that is a valid prefix but does not close). instructor re-raises the exception at once,
+    without a re-ask, and the runtime splits the input instead.
+    """
+    completions = oclient.chat.completions
+    create = completions.create
+
+    async def create_checked(*args: Any, **kwargs: Any) -> Any:
+        response = await create(*args, **kwargs)
+        reason = cut_off_reason(response, kwargs.get("max_tokens"))
+        if reason is not None:
+            from instructor.core import IncompleteOutputException
+
+            raise IncompleteOutputException(
+                last_completion=response, message=f"the answer was cut off: {reason}"
+            )
+        return response
+
+    completions.create = create_checked
+
+
+def cut_off_reason(response: Any, max_tokens: int | None) -> str | None:
+    """Why an OpenAI-style chat completion looks cut off, or ``None`` when it looks whole."""
+    choices = getattr(response, "choices", None) or []
+    if not choices:
+        return None
+    choice = choices[0]
+    usage = getattr(response, "usage", None)
+    completion = getattr(usage, "completion_tokens", None)
+    if choice.finish_reason == "length":
+        return f"finish_reason length after {completion} tokens"
+    if isinstance(completion, int) and max_tokens and completion >= max_tokens:
+        return (
+            f"{completion} completion tokens reached max_tokens={max_tokens} "
+            f"(finish_reason {choice.finish_reason!r})"
+        )
+    message = choice.message
+    texts = [c.function.arguments for c in (message.tool_calls or []) if c.function]
+    texts += [message.content] if message.content else []
+    for text in texts:
+        if text and _json_prefix(text):
+            return (
+                f"the JSON stops before it closes after {completion} tokens "
+                f"(finish_reason {choice.finish_reason!r})"
+            )
+    return None
+
+
+def _json_prefix(text: str) -> bool:
+    """True when ``text`` is not JSON but is the beginning of some JSON (it was cut off)."""
+    body = text.strip()
+    if body.startswith("```"):
+        return False  # md_json: instructor extracts the block itself
+    try:
+        json.loads(body)
+        return False
+    except json.JSONDecodeError as exc:
+        if exc.msg.startswith("Extra data"):
+            return False
+    import pydantic_core
+
+    try:
+        pydantic_core.from_json(body, allow_partial=True)
+    except ValueError:
+        return False
+    return bool(body)
 
 
 def tool_definition(model: type[BaseModel]) -> dict[str, Any]:
@@ -88,42 +211,114 @@ def system_prompt_of(model: type[BaseModel]) -> str:
     return inspect.cleandoc(model.__doc__ or "")
 
 
-# -- chunking ---------------------------------------------------------------------------------
-def count_tokens(text: str, config: LLMConfig) -> int:
+# -- counting and planning ----------------------------------------------------------------------
+def count_tokens(text: str, config: LLMConfig, ratio: float = 1.0) -> int:
+    """Tokens of ``text``: ``o200k_base`` counts, times the server's calibrated ratio."""
     from p8fs.tokens import count_tokens as count
 
-    return count(text, config.encoding)
+    n = count(text, config.encoding)
+    return n if ratio == 1.0 else int(n * ratio + 0.999)
 
 
-def prompt_overhead(cls: type[Agent], agent_input: AgentInput, config: LLMConfig) -> int:
-    """Tokens every call spends before any record: system prompt, tool schema, header."""
-    schema = json.dumps(tool_definition(cls))
-    return (
-        count_tokens(cls.system_prompt(), config)
-        + count_tokens(schema, config)
-        + count_tokens(agent_input.header, config)
-        + FRAMING_TOKENS
+def prompt_overhead(
+    cls: type[BaseModel], agent_input: AgentInput | None, config: LLMConfig, ratio: float = 1.0
+) -> int:
+    """Tokens every call spends before any record: system prompt, header, the schema where it
+    is part of the prompt (:attr:`LLMConfig.schema_in_prompt`), framing, and what the server
+    showed we under-count."""
+    tokens = count_tokens(system_prompt_of(cls), config, ratio) + FRAMING_TOKENS
+    if agent_input is not None:
+        tokens += count_tokens(agent_input.header, config, ratio)
+    if config.schema_in_prompt:
+        tokens += count_tokens(json.dumps(tool_definition(cls)), config, ratio)
+    return tokens + facts_for(config).prompt_correction
+
+
+def input_budget(
+    cls: type[Agent], agent_input: AgentInput, config: LLMConfig, ratio: float = 1.0
+) -> int:
+    """Tokens of records one call may carry (server tokens): the smaller of
+    ``P8FS_LLM_CONTEXT_TOKENS`` and the window less room for the answer, less the overhead."""
+    overhead = prompt_overhead(cls, agent_input, config, ratio)
+    cap, setting = config.context_tokens, "P8FS_LLM_CONTEXT_TOKENS"
+    window, source = window_of(config)
+    if window is not None and window - answer_reserve(config, window) < cap:
+        cap = window - answer_reserve(config, window)
+        setting = f"P8FS_LLM_CONTEXT_WINDOW (window {window}, from {source})"
+    budget = cap - overhead
+    if budget < 64:
+        raise ConfigurationError(
+            f"{setting.split(' ')[0]}={cap if setting.startswith('P8FS_LLM_CONTEXT_TOKENS') else window} "
+            f"leaves no room for data after {cls.__name__}'s prompt"
+            f"{' and schema' if config.schema_in_prompt else ''} ({overhead} tokens)"
+            + ("" if setting.startswith("P8FS_LLM_CONTEXT_TOKENS") else f"; {setting}"),
+            setting=setting.split(" ")[0],
+        )
+    return budget
+
+
+@dataclass
+class Part:
+    """Records sent together in one call, and their text."""
+
+    records: list[Section]
+    text: str
+
+
+def _join(records: list[Section]) -> str:
+    from p8fs.chunking import SECTION_SEPARATOR
+
+    return SECTION_SEPARATOR.join(record.text for record in records)
+
+
+def plan_parts(
+    cls: type[Agent],
+    agent_input: AgentInput,
+    config: LLMConfig,
+    ratio: float = 1.0,
+    records: list[Section] | None = None,
+) -> list[Part]:
+    """The records packed into call-sized parts, each record whole (``records`` chunker)."""
+    records = agent_input.records if records is None else records
+    budget = input_budget(cls, agent_input, config, ratio)
+    whole = _join(records)
+    if count_tokens(whole, config, ratio) <= budget:
+        return [Part(list(records), whole)]  # fits one call: nothing to plan
+    from p8fs.chunking import RecordChunker
+
+    chunker = RecordChunker(
+        max_tokens=max(16, int(budget / ratio)), overlap_tokens=0, encoding=config.encoding
     )
+    parts = []
+    for chunk in chunker.chunk(records):
+        first, last = chunk.metadata["records"]
+        parts.append(Part(list(records[first : last + 1]), chunk.text))
+    return parts
 
 
 def plan_chunks(cls: type[Agent], agent_input: AgentInput, config: LLMConfig) -> list[str]:
-    """The records packed into call-sized texts, each record whole (``records`` chunker)."""
-    budget = config.context_tokens - prompt_overhead(cls, agent_input, config)
-    if budget < 64:
-        raise ConfigurationError(
-            f"P8FS_LLM_CONTEXT_TOKENS={config.context_tokens} leaves no room for data after "
-            f"{cls.__name__}'s prompt and schema ({config.context_tokens - budget} tokens)",
-            setting="P8FS_LLM_CONTEXT_TOKENS",
-        )
-    from p8fs.chunking import SECTION_SEPARATOR
+    """The texts of :func:`plan_parts` (``o200k_base`` counts, no server calibration)."""
+    return [part.text for part in plan_parts(cls, agent_input, config)]
 
-    whole = SECTION_SEPARATOR.join(record.text for record in agent_input.records)
-    if count_tokens(whole, config) <= budget:
-        return [whole]  # fits one call: nothing to plan
-    from p8fs.chunking import RecordChunker
 
-    chunker = RecordChunker(max_tokens=budget, overlap_tokens=0, encoding=config.encoding)
-    return [chunk.text for chunk in chunker.chunk(agent_input.records)]
+async def calibrate(cls: type[Agent], agent_input: AgentInput, config: LLMConfig) -> float:
+    """Server tokens per ``o200k_base`` token, measured on this input with the server's own
+    tokenizer (1.0 when the server has none, as for Claude, whose tokenizer is not public)."""
+    facts = facts_for(config)
+    if facts.tokenizer is None:
+        return 1.0
+    sample = (
+        system_prompt_of(cls) + "\n\n" + agent_input.header + "\n\n" + _join(agent_input.records)
+    )[:60_000]
+    theirs = await server_token_count(config, facts, sample)
+    ours = count_tokens(sample, config)
+    if not theirs or not ours:
+        return 1.0
+    ratio = max(0.5, theirs / ours) * COUNT_SAFETY
+    log.info(
+        "%s: %d server tokens per %d o200k tokens (ratio %.2f)", config.model, theirs, ours, ratio
+    )
+    return ratio
 
 
 def user_message(agent_input: AgentInput, text: str, part: int, parts: int) -> str:
@@ -146,6 +341,7 @@ async def structured_call(
     *,
     context: dict[str, Any] | None = None,
     system: str | None = None,
+    max_tokens: int | None = None,
 ) -> M:
     """One instructor call with errors translated into p8fs's typed errors."""
     system = system if system is not None else system_prompt_of(response_model)
@@ -154,7 +350,7 @@ async def structured_call(
         "response_model": response_model,
         "max_retries": config.max_retries,
         "context": context,
-        "max_tokens": config.max_output_tokens,
+        "max_tokens": max_tokens or config.max_output_tokens,
     }
     if config.provider == "anthropic":
         kwargs["system"] = system
@@ -171,49 +367,128 @@ async def structured_call(
     return result
 
 
-def translate_error(exc: BaseException, model: type[BaseModel], config: LLMConfig) -> P8fsError:
-    """An SDK or instructor exception → the p8fs error a worker can classify."""
+def _chain(exc: BaseException) -> list[BaseException]:
     chain: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and current not in chain:
         chain.append(current)
         current = current.__cause__ or current.__context__
+    return chain
+
+
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """One line for an error: a validation error as its count and first problem."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        errors = exc.errors()
+        if errors:
+            first = errors[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or exc.title
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            return _short(f"{where}: {first.get('msg', '')}{more}", limit)
+    return _short(str(exc), limit)
+
+
+def translate_error(exc: BaseException, model: type[BaseModel], config: LLMConfig) -> P8fsError:
+    """An SDK or instructor exception → the p8fs error a worker can classify."""
+    chain = _chain(exc)
+    where = f"{config.provider} model {config.model!r}"
+    retried = next((e for e in chain if type(e).__name__ == "InstructorRetryException"), None)
+    failed = list(getattr(retried, "failed_attempts", None) or [])
     for err in chain:
         if isinstance(err, P8fsError):
             return err
+        if type(err).__name__ == "IncompleteOutputException":
+            completion = getattr(err, "last_completion", None)
+            usage = getattr(completion, "usage", None)
+            return AgentTruncatedError(
+                f"{model.__name__}: {where} stopped before its answer was complete "
+                f"({getattr(err, 'message', '') or 'max_tokens reached'}); the input is split "
+                "where it can be, else raise P8FS_LLM_MAX_OUTPUT_TOKENS or use a model with a "
+                "larger context window",
+                attempts=1,
+                usage=str(usage) if usage is not None else None,
+            )
         status = getattr(err, "status_code", None)
         module = type(err).__module__.split(".", 1)[0]
         if module in ("anthropic", "openai"):
             name = type(err).__name__
-            where = f"{config.provider} model {config.model!r}"
+            text = _error_text(err)
             if name == "AuthenticationError" or status in (401, 403):
                 return ConfigurationError(
                     f"{where}: the API key was refused ({status}); check {config.key_variable}",
                     setting=config.key_variable,
+                )
+            window = learn_from_context_error(config, text) if status in (400, 413) else None
+            if window is not None or "context_length_exceeded" in text:
+                if failed:  # a re-ask (the failed answer appended) no longer fits
+                    return AgentTruncatedError(
+                        f"{model.__name__}: the answer did not validate "
+                        f"({describe_error(failed[-1].exception)}) and the re-ask no longer "
+                        f"fits {where}'s context window of {window} tokens",
+                        attempts=len(failed),
+                    )
+                from p8fs.agents.limits import requested_prompt_tokens
+
+                return AgentContextError(
+                    f"{where}: the prompt does not fit its context window"
+                    f"{f' of {window} tokens' if window else ''}: {_short(text, 300)}",
+                    window=window,
+                    prompt_tokens=requested_prompt_tokens(text),
+                )
+            if status == 404 and _model_not_found(text, config.model):
+                from p8fs.agents.lifecycle import MODEL_SETTING, retired_message
+
+                return ConfigurationError(
+                    f"{where} was not found by the service{retired_message(config.model)}: set "
+                    f"{MODEL_SETTING} (or pass --model / model=) to a model it serves "
+                    f"({_short(text, 200)})",
+                    setting=MODEL_SETTING,
+                    model=config.model,
                 )
             if name in ("APIConnectionError", "APITimeoutError") or (
                 isinstance(status, int) and (status in (408, 409, 429) or status >= 500)
             ):
                 return AgentServiceError(
                     f"{where}: service unavailable after {config.sdk_max_retries} SDK retries: "
-                    f"{name}{f' {status}' if status else ''}: {_short(err)}",
+                    f"{name}{f' {status}' if status else ''}: {_short(text)}",
                     status_code=status,
                 )
             return AgentRequestError(
                 f"{where} refused the request: {name}{f' {status}' if status else ''}: "
-                f"{_short(err)}",
+                f"{_short(text)}",
                 status_code=status,
             )
-    attempts = int(getattr(exc, "n_attempts", 0) or 0)
+    attempts = int(getattr(exc, "n_attempts", 0) or 0) or len(failed)
+    last = failed[-1].exception if failed else exc
     return AgentOutputError(
         f"{model.__name__}: the model's output did not validate after {attempts or '?'} "
-        f"attempt(s): {_short(exc)}",
+        f"attempt(s); last error: {describe_error(last)}",
         attempts=attempts,
+        last_error=str(last),
+        attempt_errors=[describe_error(f.exception, 1000) for f in failed],
     )
 
 
-def _short(exc: BaseException, limit: int = 600) -> str:
-    text = str(exc).strip().replace("\n", " ")
+def _error_text(err: BaseException) -> str:
+    """The service's own error message (the body's ``error.message`` where there is one)."""
+    body = getattr(err, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            code = inner.get("code")
+            return str(inner["message"]) + (f" [{code}]" if code else "")
+    return str(err)
+
+
+def _model_not_found(text: str, model: str) -> bool:
+    lowered = text.lower()
+    return model.lower() in lowered or "model" in lowered
+
+
+def _short(text: str, limit: int = 600) -> str:
+    text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -230,7 +505,7 @@ async def arun_agent(
     config: LLMConfig | None = None,
     client: Any = None,
 ) -> A:
-    """Run ``cls`` over ``data``: chunk if needed, call, merge, finalize.
+    """Run ``cls`` over ``data``: size, chunk, call, merge, finalize.
 
     ``model`` may carry a provider prefix (``openai/gpt-4o``); ``max_retries`` is instructor's
     re-asks after invalid output; ``context_tokens`` the input one call may carry.
@@ -243,14 +518,16 @@ async def arun_agent(
         max_retries=max_retries,
         context_tokens=context_tokens,
     )
-    chunks = plan_chunks(cls, agent_input, config)
-    if client is not None:
-        return await _run_chunks(cls, agent_input, chunks, client, config)
-    client = make_client(config)
+    await probe_server(config)
+    ratio = await calibrate(cls, agent_input, config)
+    parts = plan_parts(cls, agent_input, config, ratio)  # a setting too small fails here
+    own_client = client is None
+    client = client or make_client(config)
     try:
-        return await _run_chunks(cls, agent_input, chunks, client, config)
+        return await _Run(cls, agent_input, client, config, ratio).run(parts)
     finally:
-        await close_client(client)
+        if own_client:
+            await close_client(client)
 
 
 async def close_client(client: Any) -> None:
@@ -261,32 +538,111 @@ async def close_client(client: Any) -> None:
         await close()
 
 
-async def _run_chunks(
-    cls: type[A], agent_input: AgentInput, chunks: list[str], client: Any, config: LLMConfig
-) -> A:
-    limiter = asyncio.Semaphore(config.concurrency)
+#: How often one part may be re-planned (a learned window, a cut-off answer) before giving up.
+MAX_REPLANS = 6
 
-    async def one(index: int, text: str) -> A:
-        async with limiter:
+
+@dataclass
+class _Run:
+    """One run's calls: every part answered, split further when it does not fit."""
+
+    cls: type[Agent]
+    agent_input: AgentInput
+    client: Any
+    config: LLMConfig
+    ratio: float
+    calls: int = 0
+    splits: list[str] = field(default_factory=list)
+
+    async def run(self, parts: list[Part]) -> Any:
+        limiter = asyncio.Semaphore(self.config.concurrency)
+        total = len(parts)
+
+        async def one(index: int, part: Part) -> list[Any]:
+            return await self.solve(part, index + 1, total, limiter, 0)
+
+        log.info(
+            "%s: %d record(s) in %d call(s)",
+            self.cls.__name__,
+            len(self.agent_input.records),
+            total,
+        )
+        nested = await asyncio.gather(*(one(i, p) for i, p in enumerate(parts)))
+        results = [r for group in nested for r in group]
+        if len(results) == 1:
+            return self.cls.postprocess(results[0], self.agent_input)
+        merged = self.cls.merge(results, self.agent_input)
+
+        async def follow_up(response_model: type[M], text: str) -> M:
+            prompt = prompt_overhead(response_model, None, self.config, self.ratio)
+            prompt += count_tokens(text, self.config, self.ratio)
             return await structured_call(
-                client,
-                cls,
-                user_message(agent_input, text, index + 1, len(chunks)),
-                config,
-                context=agent_input.context,
+                self.client,
+                response_model,
+                text,
+                self.config,
+                max_tokens=max_tokens_for(self.config, prompt),
             )
 
-    log.info("%s: %d record(s) in %d call(s)", cls.__name__, len(agent_input.records), len(chunks))
-    parts: list[A] = list(await asyncio.gather(*(one(i, t) for i, t in enumerate(chunks))))
-    if len(parts) == 1:
-        return cls.postprocess(parts[0], agent_input)
-    merged = cls.merge(parts, agent_input)
+        merged = await self.cls.finalize(merged, follow_up, self.agent_input)
+        return self.cls.postprocess(merged, self.agent_input)
 
-    async def follow_up(response_model: type[M], text: str) -> M:
-        return await structured_call(client, response_model, text, config)
+    async def solve(
+        self, part: Part, number: int, total: int, limiter: asyncio.Semaphore, depth: int
+    ) -> list[Any]:
+        text = user_message(self.agent_input, part.text, number, total)
+        prompt = prompt_overhead(self.cls, self.agent_input, self.config, self.ratio)
+        prompt += count_tokens(text, self.config, self.ratio)
+        max_tokens = max_tokens_for(self.config, prompt)
+        try:
+            if max_tokens < MIN_ANSWER_TOKENS and len(part.records) > 1:
+                raise AgentTruncatedError(
+                    f"only {max_tokens} tokens would be left for the answer", attempts=0
+                )
+            async with limiter:
+                self.calls += 1
+                result = await structured_call(
+                    self.client,
+                    self.cls,
+                    text,
+                    self.config,
+                    context=self.agent_input.context,
+                    max_tokens=max_tokens,
+                )
+            return [result]
+        except AgentContextError as exc:
+            if exc.prompt_tokens and exc.prompt_tokens > prompt:
+                facts = facts_for(self.config)
+                facts.prompt_correction += exc.prompt_tokens - prompt
+            if depth >= MAX_REPLANS:
+                raise
+            smaller = plan_parts(self.cls, self.agent_input, self.config, self.ratio, part.records)
+            if len(smaller) == 1:
+                if len(part.records) == 1:
+                    raise
+                smaller = self._halves(part)
+            self.splits.append(f"part {number}: {exc}")
+            log.info(
+                "%s: re-planned part %d into %d (%s)", self.cls.__name__, number, len(smaller), exc
+            )
+        except AgentTruncatedError as exc:
+            if len(part.records) == 1 or depth >= MAX_REPLANS:
+                raise
+            smaller = self._halves(part)
+            self.splits.append(f"part {number}: {exc}")
+            log.info("%s: part %d cut off; split in two (%s)", self.cls.__name__, number, exc)
+        groups = await asyncio.gather(
+            *(self.solve(p, number, total, limiter, depth + 1) for p in smaller)
+        )
+        return [r for group in groups for r in group]
 
-    merged = await cls.finalize(merged, follow_up, agent_input)
-    return cls.postprocess(merged, agent_input)
+    @staticmethod
+    def _halves(part: Part) -> list[Part]:
+        middle = len(part.records) // 2
+        return [
+            Part(part.records[:middle], _join(part.records[:middle])),
+            Part(part.records[middle:], _join(part.records[middle:])),
+        ]
 
 
 def run_agent(cls: type[A], data: Any, **options: Any) -> A:

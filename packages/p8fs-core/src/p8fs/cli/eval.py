@@ -3,7 +3,7 @@
 The flags are the original system's::
 
     p8fs eval --agent-model agentlets.moments.MomentBuilder \\
-        --file transcript_2025-01-13T09-00-00Z_input.json --model claude-sonnet-4-5 --format yaml
+        --file transcript_2025-01-13T09-00-00Z_input.json --model claude-sonnet-5-5 --format yaml
 
 ``--file`` may also be a folder of ``*_input.json`` files with sibling ``*_expected_moment.json``
 files (the corpus layout): every case runs, a failing case (an input that is not valid JSON, a
@@ -102,7 +102,7 @@ async def _run_cases(
 @click.option(
     "--model",
     default=None,
-    help="LLM, e.g. claude-sonnet-4-5 (default: P8FS_DEFAULT_MODEL) or openai/<name>.",
+    help="LLM, e.g. claude-sonnet-5-5 (default: P8FS_DEFAULT_MODEL) or openai/<name>.",
 )
 @click.option(
     "--format",

@@ -1,0 +1,205 @@
+"""Which model the agents use, and what happens with a model Anthropic has retired or deprecated.
+
+The dates come from the installed anthropic SDK's own ``DEPRECATED_MODELS`` table, read here
+too (no copy of it in the tests). Today is pinned (2026-12-05) so the tests mean the same thing
+next year: ``claude-sonnet-4-5`` reached end of life on 2026-11-30 and ``claude-opus-4-5``
+reaches it on 2027-01-22.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import date
+
+import pytest
+
+from p8fs.agents import MomentBuilder
+from p8fs.agents import lifecycle
+from p8fs.agents.config import resolve_llm, split_model_name
+from p8fs.errors import ConfigurationError
+from p8fs.settings import Settings
+from tests.fixtures.llm import FakeLLMServer, HTTPFailure
+from tests.fixtures.servers import REPO_ROOT
+
+TODAY = date(2026, 12, 5)
+TRANSCRIPT = {
+    "transcript_id": "t1",
+    "start_timestamp": "2025-01-13T09:00:00Z",
+    "end_timestamp": "2025-01-13T09:10:00Z",
+    "segments": [
+        {"timestamp": "2025-01-13T09:00:00Z", "speaker_id": "s1", "text": "Hello team."},
+    ],
+}
+
+
+@pytest.fixture(autouse=True)
+def pinned_today(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lifecycle, "today_utc", lambda: TODAY)
+    lifecycle._warned.clear()
+
+
+def sdk_table() -> dict[str, str]:
+    from anthropic._data import DEPRECATED_MODELS
+
+    return dict(DEPRECATED_MODELS)
+
+
+def retired_and_deprecated() -> tuple[str, str]:
+    """One model of the SDK's table past its date on TODAY, one not yet."""
+    retired = deprecated = None
+    for name, when in sdk_table().items():
+        eol = lifecycle.parse_sdk_date(when)
+        assert eol is not None, f"the SDK's date {when!r} for {name} did not parse"
+        if eol <= TODAY and retired is None:
+            retired = name
+        if eol > TODAY and deprecated is None:
+            deprecated = name
+    assert retired and deprecated, sdk_table()
+    return retired, deprecated
+
+
+def test_default_model_is_the_sdks_newest_current_sonnet() -> None:
+    default = Settings().default_model
+    assert default == lifecycle.newest_sonnet()
+    assert default not in sdk_table()
+    assert default.startswith("claude-sonnet-")
+    lifecycle.check_model(default)  # neither raises nor is past any date
+
+
+def test_docs_notebook_and_manifests_name_the_default() -> None:
+    default = Settings().default_model
+    agents_md = (REPO_ROOT / "docs" / "agents.md").read_text()
+    assert f"`{default}`" in agents_md
+    notebook = json.loads((REPO_ROOT / "docs" / "agents-in-notebooks.ipynb").read_text())
+    text = "".join("".join(cell["source"]) for cell in notebook["cells"])
+    assert default in text
+    for path in [
+        REPO_ROOT / "docs" / "agents.md",
+        REPO_ROOT / "docs" / "agents-in-notebooks.ipynb",
+        *sorted((REPO_ROOT / "deploy" / "k8s").glob("*.yaml")),
+    ]:
+        named = set(re.findall(r"claude-[a-z]+-[0-9][0-9a-z-]*", path.read_text()))
+        assert named <= {default}, f"{path.relative_to(REPO_ROOT)} names {named - {default}}"
+
+
+def test_sdk_dates_parse() -> None:
+    assert lifecycle.parse_sdk_date("November 30th, 2026") == date(2026, 11, 30)
+    assert lifecycle.parse_sdk_date("January 22nd, 2027") == date(2027, 1, 22)
+    assert lifecycle.parse_sdk_date("2026-06-30") == date(2026, 6, 30)
+    assert lifecycle.parse_sdk_date("soon") is None
+
+
+def test_retired_model_fails_before_any_request(llm_server: FakeLLMServer) -> None:
+    retired, _ = retired_and_deprecated()
+    eol = lifecycle.end_of_life(retired)
+    assert eol is not None
+    with pytest.raises(ConfigurationError) as info:
+        MomentBuilder.run(TRANSCRIPT, model=retired)
+    message = str(info.value)
+    assert retired in message and eol.isoformat() in message and "P8FS_DEFAULT_MODEL" in message
+    assert info.value.details["setting"] == "P8FS_DEFAULT_MODEL"
+    assert llm_server.requests == []  # refused before anything was sent
+
+
+def test_retired_default_model_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    retired, _ = retired_and_deprecated()
+    monkeypatch.setenv("P8FS_DEFAULT_MODEL", retired)
+    monkeypatch.delenv("P8FS_LLM_BASE_URL", raising=False)
+    monkeypatch.delenv("P8FS_LLM_PROVIDER", raising=False)
+    with pytest.raises(ConfigurationError, match="P8FS_DEFAULT_MODEL"):
+        resolve_llm(require_key=False)
+
+
+def test_deprecated_model_warns_once_with_the_date(
+    llm_server: FakeLLMServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, deprecated = retired_and_deprecated()
+    eol = lifecycle.end_of_life(deprecated)
+    assert eol is not None
+    caplog.set_level(logging.WARNING, logger="p8fs.agents.lifecycle")
+    config = resolve_llm(deprecated)
+    resolve_llm(deprecated)
+    warnings = [r for r in caplog.records if r.name == "p8fs.agents.lifecycle"]
+    assert len(warnings) == 1
+    assert deprecated in warnings[0].getMessage() and eol.isoformat() in warnings[0].getMessage()
+    assert config.model == deprecated  # still usable until the date
+
+
+def test_model_not_found_names_the_model_and_setting(llm_server: FakeLLMServer) -> None:
+    llm_server.replies.append(
+        HTTPFailure(404, error_type="not_found_error", message="model: claude-nonexistent-9")
+    )
+    with pytest.raises(ConfigurationError) as info:
+        MomentBuilder.run(TRANSCRIPT, model="claude-nonexistent-9")
+    message = str(info.value)
+    assert "claude-nonexistent-9" in message and "P8FS_DEFAULT_MODEL" in message
+
+
+def test_model_not_found_for_a_retired_model_says_when(
+    llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model past its date that still got through (e.g. an old SDK table) names the date."""
+    retired, _ = retired_and_deprecated()
+    monkeypatch.setattr(lifecycle, "check_model", lambda model, today=None: None)
+    llm_server.replies.append(
+        HTTPFailure(404, error_type="not_found_error", message=f"model: {retired}")
+    )
+    with pytest.raises(ConfigurationError) as info:
+        MomentBuilder.run(TRANSCRIPT, model=retired)
+    eol = lifecycle.end_of_life(retired)
+    assert eol is not None and eol.isoformat() in str(info.value)
+
+
+def test_bare_name_goes_to_the_configured_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("P8FS_LLM_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.delenv("P8FS_LLM_PROVIDER", raising=False)
+    config = resolve_llm("my-local-model")
+    assert (config.provider, config.model, config.base_url) == (
+        "openai",
+        "my-local-model",
+        "http://127.0.0.1:9/v1",
+    )
+    assert "P8FS_LLM_BASE_URL" in config.route
+    # The prefix still reaches Anthropic, and says why the base URL was not used.
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("P8FS_ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(ConfigurationError) as info:
+        resolve_llm("anthropic/" + Settings().default_model)
+    assert "P8FS_LLM_BASE_URL" in str(info.value) and "anthropic/ prefix" in str(info.value)
+    assert split_model_name("gpt-4o") == ("openai", "gpt-4o")
+    assert split_model_name("x", base_url="http://h/v1") == ("openai", "x")
+
+
+def test_structured_output_setting_reaches_the_request(
+    llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """json_schema on an OpenAI-compatible server: response_format, no tools."""
+    from tests.fixtures.llm import Text
+
+    monkeypatch.setenv("P8FS_LLM_BASE_URL", llm_server.url + "/v1")
+    monkeypatch.setenv("P8FS_LLM_STRUCTURED_OUTPUT", "json_schema")
+    reply = {
+        "moments": [
+            {
+                "name": "Hello",
+                "content": "A greeting.",
+                "resource_timestamp": "2025-01-13T09:00:00Z",
+                "resource_ends_timestamp": "2025-01-13T09:10:00Z",
+                "moment_type": "meeting",
+            }
+        ],
+        "analysis_summary": "One greeting.",
+        "total_moments": 1,
+    }
+    llm_server.replies.append(Text(json.dumps(reply)))
+    result = MomentBuilder.run(TRANSCRIPT, model="local")
+    assert result.moments[0].name == "Hello"
+    [request] = [r for r in llm_server.requests if r.path == "/v1/chat/completions"]
+    assert request.body is not None
+    assert request.body["response_format"]["type"] == "json_schema"
+    assert "tools" not in request.body
+    monkeypatch.setenv("P8FS_LLM_STRUCTURED_OUTPUT", "md_json")
+    with pytest.raises(ConfigurationError, match="P8FS_LLM_STRUCTURED_OUTPUT"):
+        MomentBuilder.run(TRANSCRIPT, model="anthropic/" + Settings().default_model)
