@@ -237,7 +237,8 @@ def test_p8fs_register_chunkers_and_p8fs_register_agents_from_a_third_party(thir
     plugins = load_plugins()
     assert plugins.registry.chunkers.registration("lines").plugin == "fancy"
     assert plugins.registry.agents.get("agentlets.poems.Haiku").__name__ == "Haiku"
-    assert plugins.registered_by("fancy") == {"providers": ["fancy"], "chunkers": ["lines"], "agents": ["Haiku"]}
+    assert plugins.registered_by("fancy") == {"providers": ["fancy"], "chunkers": ["lines"],
+                                              "agents": ["Haiku"], "embedders": []}
 
 
 def test_p8fs_register_commands_adds_a_cli_verb(third_party: Path) -> None:

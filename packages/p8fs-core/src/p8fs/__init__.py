@@ -13,10 +13,11 @@ from p8fs.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "aingest", "hookimpl", "ingest"]
+__all__ = ["__version__", "aingest", "asearch", "hookimpl", "ingest", "search"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from p8fs.pipeline import aingest, ingest
+    from p8fs.search import asearch, search
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +26,9 @@ def __getattr__(name: str) -> Any:
         from p8fs import pipeline
 
         return getattr(pipeline, name)
+    if name in ("search", "asearch"):
+        import importlib
+
+        # importlib, not `from p8fs import search`: that would find this very hook again.
+        return getattr(importlib.import_module("p8fs.search"), name)
     raise AttributeError(f"module 'p8fs' has no attribute {name!r}")

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import click
 
     from p8fs.chunking import Chunker
+    from p8fs.embedding import Embedder
     from p8fs.providers import ContentProvider
 
 PROJECT_NAME = "p8fs"
@@ -67,6 +68,24 @@ def p8fs_register_agents(register: Callable[[type[Any]], None]) -> None:
     whose fields are the typed output. The agent is found by its class name and by its
     ``agent_aliases`` (for example ``"agentlets.moments.MomentBuilder"``, the name the original
     system's ``eval --agent-model`` used). Names are unique across all plugins.
+    """
+
+
+@hookspec
+def p8fs_register_embedders(register: Callable[[type[Embedder]], None]) -> None:
+    """Register embedder classes: what turns chunks and queries into vectors for semantic search.
+
+    Call ``register(EmbedderClass)`` with a subclass of :class:`p8fs.embedding.Embedder` that
+    sets a unique ``name`` and implements ``model_id`` and ``async embed(texts)``. The embedder
+    in use is chosen by name with ``P8FS_EMBEDDER`` (built-ins: ``openai`` for any
+    OpenAI-compatible ``/v1/embeddings`` server, ``local`` for a model folder on disk) and built
+    by the class's ``from_settings(settings)``, which must neither connect nor load a model:
+    that happens on the first ``embed``. Vectors are stored per chunk under ``model_id``, so
+    vectors of two models are never compared. ``embed`` raises
+    :class:`p8fs.embedding.EmbedderUnavailable` when its server or model cannot be reached (a
+    worker then waits for it instead of failing files) and
+    :class:`p8fs.embedding.EmbedderRefused` when the input itself is refused. An embedder must
+    never download a model at run time.
     """
 
 

@@ -44,6 +44,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "p8fs.builtin.text",
     "p8fs.builtin.chunkers",
     "p8fs.builtin.agents",
+    "p8fs.builtin.embedders",
 )
 
 #: The registration hooks and the registry method each one feeds.
@@ -51,6 +52,7 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "p8fs_register_providers": "add_provider",
     "p8fs_register_chunkers": "add_chunker",
     "p8fs_register_agents": "add_agent",
+    "p8fs_register_embedders": "add_embedder",
 }
 
 
@@ -89,7 +91,7 @@ class Plugins:
 
     def registered_by(self, plugin: str) -> dict[str, list[str]]:
         """What one plugin registered, by kind (for ``p8fs plugins``)."""
-        out: dict[str, list[str]] = {"providers": [], "chunkers": [], "agents": []}
+        out: dict[str, list[str]] = {"providers": [], "chunkers": [], "agents": [], "embedders": []}
         for kind in out:
             for reg in getattr(self.registry, kind):
                 if reg.plugin == plugin:

@@ -145,6 +145,15 @@ def _validate_agent(cls: type[Any]) -> None:
 class Registry:
     """Everything the loaded plugins registered, plus what was refused and why."""
 
+def _validate_embedder(cls: type[Any]) -> None:
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise PluginError(f"embedder {cls.__qualname__} must set a non-empty string `name`")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+        raise PluginError(f"embedder {name!r} does not implement: {missing}")
+
+
     providers: NamedRegistry[Any] = field(
         default_factory=lambda: NamedRegistry("provider", _provider_base(), _validate_provider)
     )
@@ -158,6 +167,9 @@ class Registry:
     _by_mime: dict[str, list[Registration[Any]]] = field(default_factory=dict)
     _by_ext: dict[str, list[Registration[Any]]] = field(default_factory=dict)
     _instances: dict[str, Any] = field(default_factory=dict)
+    embedders: NamedRegistry[Any] = field(
+        default_factory=lambda: NamedRegistry("embedder", _embedder_base(), _validate_embedder)
+    )
     _available: dict[str, bool] = field(default_factory=dict)
 
     # -- registration -------------------------------------------------------------------
@@ -178,6 +190,9 @@ class Registry:
     def _index(index: dict[str, list[Registration[Any]]], key: str, reg: Registration[Any]) -> None:
         bucket = index.setdefault(key, [])
         bucket.append(reg)
+    def add_embedder(self, cls: type[Any], plugin: str) -> None:
+        self.embedders.add(cls, plugin)
+
         # Highest priority first; ties keep registration order (built-ins register first).
         bucket.sort(key=lambda r: -int(r.cls.priority))
 
@@ -240,3 +255,9 @@ def _chunker_base() -> type[Any]:
     from p8fs.chunking import Chunker
 
     return Chunker
+
+
+def _embedder_base() -> type[Any]:
+    from p8fs.embedding import Embedder
+
+    return Embedder

@@ -127,6 +127,42 @@ class Settings(BaseSettings):
         "name resolved from the local model cache. Required for audio and video.",
     )
 
+    # -- search -----------------------------------------------------------------------
+    embedder: str | None = Field(
+        None,
+        description="Embedder for semantic and hybrid search and `p8fs embed`: openai (any "
+        "OpenAI-compatible /v1/embeddings server: OpenAI, Ollama, llama.cpp, vLLM, TEI), local "
+        "(a model folder on disk, run offline) or a plugin's name; unset: keyword search only.",
+    )
+    embedding_model: str | None = Field(
+        None,
+        description="With openai: the model name sent to the server (e.g. "
+        "text-embedding-3-small). With local: the model folder (config.json, tokenizer.json, "
+        "model.safetensors of a BERT sentence encoder such as all-MiniLM-L6-v2).",
+    )
+    embedding_url: str | None = Field(
+        None,
+        description="Base URL of the OpenAI-compatible server, up to /v1 (e.g. "
+        "http://127.0.0.1:11434/v1); unset: https://api.openai.com/v1.",
+    )
+    embedding_api_key: SecretStr | None = Field(
+        None,
+        description="Bearer key for the embedding server (falls back to OPENAI_API_KEY; local "
+        "servers usually need none).",
+    )
+    embedding_batch_size: int = Field(
+        32, gt=0, le=2048, description="Chunks sent to the embedder per request."
+    )
+    embedding_timeout: float = Field(
+        60.0, gt=0, description="Seconds one embedding request may take."
+    )
+    search_text_config: str = Field(
+        "english",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="PostgreSQL text-search configuration of the keyword index (english, simple, "
+        "german, ...); the generated tsvector column is rebuilt when it changes.",
+    )
+
     # -- agents -----------------------------------------------------------------------
     default_model: str = Field(
         "claude-sonnet-5-5",

@@ -30,7 +30,19 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Table, and_, case, create_engine, delete, event, func, insert, or_, select
+from sqlalchemy import (
+    Table,
+    and_,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -38,9 +50,10 @@ from sqlalchemy.engine import URL, Connection, Engine, Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import ColumnElement
 
-from p8fs.database import schema
+from p8fs.database import schema, search_sql
 from p8fs.database.errors import UnstorableText, classify, safe_url
 from p8fs.database.spool import RowSpool
+from p8fs.embedding import content_hash
 from p8fs.errors import ConfigurationError, InvalidPath, TransientError
 from p8fs.ids import uri_hash
 from p8fs.models import (
@@ -107,6 +120,7 @@ class Database:
         *,
         sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
         group_commit: bool | None = None,
+        text_search_config: str | None = None,
         **engine_kwargs: Any,
     ) -> None:
         try:
@@ -123,6 +137,12 @@ class Database:
             )
         self.url = url
         self.dialect = dialect
+        #: PostgreSQL text-search configuration of the keyword index (``P8FS_SEARCH_TEXT_CONFIG``);
+        #: ``None`` keeps whatever the index was built with (``english`` for a new one).
+        self.text_search_config = text_search_config
+        #: How keyword queries are answered (set by :meth:`init_schema`, else on first search).
+        self.keyword_backend: str | None = None
+        self._pg_text_config: str | None = None
         #: Coalesce concurrent writes into shared transactions (default: on for SQLite, whose
         #: writers queue for one lock anyway, so one commit for many files is pure gain).
         self.group_commit = dialect == "sqlite" if group_commit is None else group_commit
@@ -180,7 +200,7 @@ class Database:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        return cls(url)
+        return cls(url, text_search_config=settings.search_text_config)
 
     def __repr__(self) -> str:
         return f"Database({safe_url(self._url)!r})"
@@ -196,13 +216,15 @@ class Database:
         """Create the tables and indexes that do not exist yet (safe to run any number of times).
 
         The statements are exactly :func:`~p8fs.database.schema.plan_ddl`'s, each with
-        ``IF NOT EXISTS``, so what ``--plan`` shows is what is applied.
+        ``IF NOT EXISTS``, so what ``--plan`` shows is what is applied; the keyword index
+        (:func:`~p8fs.database.schema.search_ddl`) is created only where the catalog lacks it.
         """
         statements = schema.ddl_statements(self.engine.dialect)
 
         def create(conn: Connection) -> None:
             for statement in statements:
                 conn.exec_driver_sql(statement)
+            self._setup_search(conn)
 
         for attempt in range(3):
             try:
@@ -391,8 +413,10 @@ class Database:
             batch: list[dict[str, Any]] = []
             async for resource in _aiter(resources):
                 batch.append(_to_row(resource, schema.resources))
+            hashes: dict[str, str] = {}
                 if len(batch) >= batch_size:
                     spool.write(batch)
+                hashes[resource.id] = content_hash(resource.content)
                     batch = []
             spool.write(batch)
             record = file() if callable(file) else file
@@ -407,6 +431,7 @@ class Database:
                     conn.execute(insert(schema.resources), rows)
                 if job_row is not None:
                     self._upsert(conn, schema.jobs, [job_row])
+                search_sql.prune_embeddings(conn, record.tenant_id, record.id, hashes)
 
             await self._write(store)
             return record
@@ -432,8 +457,10 @@ class Database:
         def replace(conn: Connection) -> None:
             self._delete_file(conn, tenant_id, old_file_id)
             self._store_file(conn, file_row, resource_rows)
+            vectors = search_sql.file_embeddings_by_ordinal(conn, tenant_id, old_file_id)
 
         await self._write(replace)
+            self._carry_embeddings(conn, file_row, resource_rows, vectors)
 
     async def delete_file(self, tenant_id: str, file_id: str) -> bool:
         """Remove a file and its resources; ``False`` when there was no such file."""
@@ -617,6 +644,161 @@ class Database:
                 if _contains_nul(value):
                     raise UnstorableText(
                         f"PostgreSQL cannot store NUL (U+0000) characters: {table.name}.{column} "
+    # -- search ---------------------------------------------------------------------------
+
+    def _setup_search(self, conn: Connection) -> None:
+        self.keyword_backend = search_sql.setup_keyword_index(
+            conn, self.dialect, self.text_search_config
+        )
+        if self.dialect == "postgresql":
+            self._pg_text_config = search_sql.pg_text_config(conn)
+
+    async def _keyword_backend(self) -> str:
+        if self.keyword_backend is None:
+            await self.init_schema()
+        assert self.keyword_backend is not None
+        return self.keyword_backend
+
+    async def keyword_search(
+        self,
+        tenant_id: str,
+        terms: Sequence[str],
+        *,
+        limit: int = 10,
+        uri_prefix: str | None = None,
+        mime_types: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:
+        """The tenant's chunks matching any of ``terms`` (words: letters and digits only), best
+        first, each a dict with the chunk, its file's name, URI and MIME type, and ``score``."""
+        backend = await self._keyword_backend()
+        config = self._pg_text_config or schema.DEFAULT_TEXT_CONFIG
+        found: list[dict[str, Any]] = await self._run(
+            lambda conn: search_sql.keyword_query(
+                conn,
+                backend,
+                tenant_id,
+                terms,
+                limit=limit,
+                uri_prefix=uri_prefix,
+                mime_types=mime_types,
+                text_config=config,
+            )
+        )
+        return found
+
+    async def resources_for_search(
+        self, tenant_id: str, resource_ids: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Search rows (chunk and file) for these resource ids of the tenant, in no order."""
+        if not resource_ids:
+            return []
+        found: list[dict[str, Any]] = await self._run(
+            lambda conn: search_sql.resources_by_ids(conn, tenant_id, resource_ids)
+        )
+        return found
+
+    async def pending_embeddings(
+        self,
+        tenant_id: str,
+        model: str,
+        *,
+        file_id: str | None = None,
+        page_size: int = 512,
+    ) -> AsyncIterator[tuple[list[tuple[str, str, str]], int]]:
+        """Pages of the tenant's (or one file's) chunks that have no vector of ``model`` for
+        their current text: ``([(resource id, content, content hash), ...], skipped)``."""
+        r, e = schema.resources, schema.resource_embeddings
+        after = ""
+        while True:
+            stmt = select(r.c.id, r.c.content).where(r.c.tenant_id == tenant_id, r.c.id > after)
+            if file_id is not None:
+                stmt = stmt.where(r.c.file_id == file_id)
+            stmt = stmt.order_by(r.c.id).limit(page_size)
+            rows = await self._run(functools.partial(_all_rows, stmt))
+            if not rows:
+                return
+            after = rows[-1].id
+            ids = [row.id for row in rows]
+            have_stmt = select(e.c.resource_id, e.c.content_hash).where(
+                e.c.tenant_id == tenant_id, e.c.model == model, e.c.resource_id.in_(ids)
+            )
+            have = dict(await self._run(functools.partial(_all_rows, have_stmt)))
+            page = []
+            for row in rows:
+                digest = content_hash(row.content)
+                if have.get(row.id) != digest:
+                    page.append((row.id, row.content, digest))
+            yield page, len(rows) - len(page)
+            if len(rows) < page_size:
+                return
+
+    async def store_embeddings(
+        self, tenant_id: str, model: str, items: Sequence[tuple[str, str, Any]]
+    ) -> int:
+        """Store vectors (resource id, content hash, float32 vector) of ``model``; only for
+        chunks that still exist with that very text (checked in the writing transaction).
+        Returns how many were stored."""
+        if not items:
+            return 0
+        r = schema.resources
+        ids = [rid for rid, _, _ in items]
+        blobs = {rid: (digest, _blob(vec)) for rid, digest, vec in items}
+
+        def store(conn: Connection) -> int:
+            current = conn.execute(
+                select(r.c.id, r.c.file_id, r.c.content).where(
+                    r.c.tenant_id == tenant_id, r.c.id.in_(ids)
+                )
+            ).all()
+            keep = []
+            for row in current:
+                digest, (blob, dim) = blobs[row.id]
+                if content_hash(row.content) == digest:
+                    keep.append((row.id, row.file_id, digest, blob, dim))
+            if keep:
+                rows = search_sql.embedding_rows(tenant_id, model, keep)
+                self._upsert(conn, schema.resource_embeddings, rows)
+            return len(keep)
+
+        return int(await self._write(store))
+
+    async def embedding_version(self, tenant_id: str, model: str) -> tuple[int, str]:
+        """A token that changes whenever the tenant's vectors of ``model`` change (count and
+        newest write): what a cached matrix of them is checked against."""
+        e = schema.resource_embeddings
+        stmt = select(func.count(), func.max(e.c.created_at)).where(
+            e.c.tenant_id == tenant_id, e.c.model == model
+        )
+        count, newest = (await self._run(lambda conn: conn.execute(stmt).one())) or (0, None)
+        return int(count or 0), str(newest)
+
+    async def load_vectors(
+        self,
+        tenant_id: str,
+        model: str,
+        *,
+        uri_prefix: str | None = None,
+        mime_types: Sequence[str] = (),
+    ) -> list[tuple[str, bytes, int]]:
+        """The tenant's vectors of ``model`` as (resource id, float32 blob, dimension), filtered
+        by the chunk's file URI prefix and MIME type."""
+        where, params = search_sql._filters(uri_prefix, mime_types)
+        params.update(tenant=tenant_id, model=model)
+        sql = text(
+            "SELECT e.resource_id, e.vector, e.dimension FROM resource_embeddings e "
+            "JOIN files f ON f.tenant_id = e.tenant_id AND f.id = e.file_id "
+            f"WHERE e.tenant_id = :tenant AND e.model = :model{where}"
+        )
+        rows = await self._run(lambda conn: conn.execute(sql, params).all())
+        return [(row[0], bytes(row[1]), int(row[2])) for row in rows]
+
+    async def embedding_models(self, tenant_id: str) -> dict[str, int]:
+        """How many vectors the tenant has per model."""
+        e = schema.resource_embeddings
+        stmt = select(e.c.model, func.count()).where(e.c.tenant_id == tenant_id).group_by(e.c.model)
+        rows = await self._run(lambda conn: conn.execute(stmt).all())
+        return {str(model): int(n) for model, n in rows}
+
                         f"of row {row.get('id')!r} contains one",
                         table=table.name,
                         column=column,
@@ -638,7 +820,8 @@ class Database:
     def _delete_file(self, conn: Connection, tenant_id: str, file_id: str) -> bool:
         f = schema.files
         # Resources go explicitly rather than by ON DELETE CASCADE: TiDB before 6.6 parses
-        # foreign keys without enforcing them.
+        # foreign keys without enforcing them. Their vectors go with them.
+        search_sql.delete_file_embeddings(conn, tenant_id, file_id)
         self._delete_resources(conn, tenant_id, file_id)
         result = conn.execute(delete(f).where(f.c.tenant_id == tenant_id, f.c.id == file_id))
         return bool(result.rowcount)
@@ -672,6 +855,40 @@ def _upsert_statement(dialect: str, table: Table) -> Any:
         if not guarded:
             return my.on_duplicate_key_update({name: my.inserted[name] for name in columns})
         keep = and_(table.c.status.in_(final), my.inserted.status.not_in(final))
+        hashes = {row["id"]: content_hash(row["content"]) for row in resource_rows}
+        search_sql.prune_embeddings(conn, file_row["tenant_id"], file_row["id"], hashes)
+
+    def _carry_embeddings(
+        self,
+        conn: Connection,
+        file_row: dict[str, Any],
+        resource_rows: list[dict[str, Any]],
+        vectors: list[dict[str, Any]],
+    ) -> None:
+        """A renamed file's chunks keep their vectors (same ordinal, same text): a rename
+        costs no embedding call."""
+        by_ordinal = {row["ordinal"]: row for row in resource_rows}
+        carried = []
+        for vec in vectors:
+            new = by_ordinal.get(vec["ordinal"])
+            if new is not None and content_hash(new["content"]) == vec["content_hash"]:
+                carried.append(
+                    (
+                        vec["model"],
+                        (
+                            new["id"],
+                            file_row["id"],
+                            vec["content_hash"],
+                            vec["vector"],
+                            vec["dimension"],
+                        ),
+                    )
+                )
+        for model in {m for m, _ in carried}:
+            rows = search_sql.embedding_rows(
+                file_row["tenant_id"], model, [item for m, item in carried if m == model]
+            )
+            self._upsert(conn, schema.resource_embeddings, rows)
         # MySQL applies the assignments in order, each seeing the ones before: status goes last,
         # so every condition reads the row's old status.
         ordered = sorted(columns, key=lambda name: name == "status")
@@ -730,6 +947,18 @@ def _to_model(model: type[RecordT], row: Row[Any]) -> RecordT:
 
 def _sqlite_transaction(engine: Engine, ops: Sequence[Op]) -> list[Any]:
     """``ops`` in one transaction on ``engine`` (runs in a SQLite thread)."""
+def _all_rows(stmt: Any, conn: Connection) -> list[Any]:
+    return list(conn.execute(stmt).tuples().all())
+
+
+def _blob(vector: Any) -> tuple[bytes, int]:
+    """A vector as little-endian float32 bytes, and its length."""
+    import numpy as np
+
+    array = np.asarray(vector, dtype="<f4").ravel()
+    return array.tobytes(), int(array.shape[0])
+
+
     with engine.begin() as conn:
         return [op(conn) for op in ops]
 

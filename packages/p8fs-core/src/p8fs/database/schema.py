@@ -30,6 +30,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -199,6 +200,30 @@ resources = Table(
 Index("ix_resources_tenant_category", resources.c.tenant_id, resources.c.category)
 Index("ix_resources_tenant_created", resources.c.tenant_id, resources.c.created_at)
 
+#: One vector per chunk and embedding model (semantic search). ``content_hash`` is the sha256 of
+#: the chunk text that was embedded: a chunk whose text changes loses its vector in the same
+#: transaction (:meth:`p8fs.database.Database.store_file`), an unchanged one keeps it. Vectors are
+#: little-endian float32 blobs of ``dimension`` values, unit length, scanned with numpy (no native
+#: vector type is used: see docs/search.md for which databases have one).
+resource_embeddings = Table(
+    "resource_embeddings",
+    metadata,
+    _tenant(),
+    _id("resource_id"),
+    Column("model", String(255), nullable=False),
+    _id("file_id"),
+    Column("dimension", Integer(), nullable=False),
+    Column("content_hash", CHAR(64), nullable=False),
+    Column(
+        "vector", LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"), nullable=False
+    ),
+    _timestamp("created_at"),
+    PrimaryKeyConstraint("tenant_id", "resource_id", "model", name="pk_resource_embeddings"),
+    **_MYSQL_OPTIONS,
+)
+Index("ix_resource_embeddings_file", resource_embeddings.c.tenant_id, resource_embeddings.c.file_id)
+Index("ix_resource_embeddings_model", resource_embeddings.c.tenant_id, resource_embeddings.c.model)
+
 jobs = Table(
     "jobs",
     metadata,
@@ -276,7 +301,7 @@ moments = Table(
 Index("ix_moments_tenant_timestamp", moments.c.tenant_id, moments.c.resource_timestamp)
 
 #: Every table, parents before children (the order to create them in).
-TABLES: tuple[Table, ...] = (files, resources, jobs, errors, sessions, moments)
+TABLES: tuple[Table, ...] = (files, resources, resource_embeddings, jobs, errors, sessions, moments)
 TABLE_NAMES: tuple[str, ...] = tuple(t.name for t in TABLES)
 
 
@@ -307,6 +332,63 @@ def ddl_statements(dialect: Dialect) -> list[str]:
     return statements
 
 
+#: The keyword index's names (SQLite FTS5 table, PostgreSQL column and index, MySQL index).
+SQLITE_FTS_TABLE = "resources_fts"
+PG_TSV_COLUMN = "search_tsv"
+PG_TSV_INDEX = "ix_resources_search_tsv"
+MYSQL_FULLTEXT_INDEX = "ft_resources_content"
+#: The PostgreSQL text-search configuration used unless ``P8FS_SEARCH_TEXT_CONFIG`` says another.
+DEFAULT_TEXT_CONFIG = "english"
+
+
+def pg_tsv_column_ddl(text_config: str) -> str:
+    """The generated ``tsvector`` column for ``text_config`` (a validated identifier)."""
+    if not text_config.replace("_", "a").isalnum():
+        raise ValueError(f"invalid text search configuration name {text_config!r}")
+    return (
+        f"ALTER TABLE resources ADD COLUMN IF NOT EXISTS {PG_TSV_COLUMN} tsvector GENERATED "
+        f"ALWAYS AS (to_tsvector('{text_config}'::regconfig, content)) STORED"
+    )
+
+
+def search_ddl(
+    dialect: str, *, text_config: str = DEFAULT_TEXT_CONFIG, fulltext: bool = True
+) -> list[str]:
+    """The keyword index, kept in step with ``resources`` by the database itself, so every
+    transaction that writes resources updates it too (re-ingest, delete and rename included):
+
+    * SQLite: an external-content FTS5 table over ``resources.content`` (Porter stemming,
+      diacritics folded) and three triggers;
+    * PostgreSQL: a generated ``tsvector`` column (``text_config``) with a GIN index;
+    * MySQL/MariaDB: an InnoDB ``FULLTEXT`` index. ``fulltext=False`` for TiDB, which does not
+      support one (p8fs then ranks keyword queries itself: see :mod:`p8fs.search`).
+    """
+    if dialect == "sqlite":
+        fts = SQLITE_FTS_TABLE
+        return [
+            f"CREATE VIRTUAL TABLE IF NOT EXISTS {fts} USING fts5(content, content='resources', "
+            "content_rowid='rowid', tokenize='porter unicode61 remove_diacritics 2')",
+            f"CREATE TRIGGER IF NOT EXISTS {fts}_ai AFTER INSERT ON resources BEGIN "
+            f"INSERT INTO {fts}(rowid, content) VALUES (new.rowid, new.content); END",
+            f"CREATE TRIGGER IF NOT EXISTS {fts}_ad AFTER DELETE ON resources BEGIN "
+            f"INSERT INTO {fts}({fts}, rowid, content) VALUES ('delete', old.rowid, old.content); "
+            "END",
+            f"CREATE TRIGGER IF NOT EXISTS {fts}_au AFTER UPDATE ON resources BEGIN "
+            f"INSERT INTO {fts}({fts}, rowid, content) VALUES ('delete', old.rowid, old.content); "
+            f"INSERT INTO {fts}(rowid, content) VALUES (new.rowid, new.content); END",
+        ]
+    if dialect == "postgresql":
+        return [
+            pg_tsv_column_ddl(text_config),
+            f"CREATE INDEX IF NOT EXISTS {PG_TSV_INDEX} ON resources USING gin ({PG_TSV_COLUMN})",
+        ]
+    if dialect in ("mysql", "mariadb") and fulltext:
+        return [
+            f"CREATE FULLTEXT INDEX IF NOT EXISTS {MYSQL_FULLTEXT_INDEX} ON resources (content)"
+        ]
+    return []
+
+
 def _compile(element: Any, dialect: Dialect) -> str:
     compiled: DDLCompiler = element.compile(dialect=dialect)
     return str(compiled).strip()
@@ -320,4 +402,6 @@ def plan_ddl(dialect: str) -> str:
     """
     dialect_obj = dialect_for(dialect)
     header = f"-- p8fs schema for {dialect} (tables: {', '.join(TABLE_NAMES)})\n"
-    return header + "".join(stmt + ";\n\n" for stmt in ddl_statements(dialect_obj))
+    statements = ddl_statements(dialect_obj)
+    statements += search_ddl(dialect_obj.name, fulltext=dialect.lower() != "tidb")
+    return header + "".join(stmt + ";\n\n" for stmt in statements)

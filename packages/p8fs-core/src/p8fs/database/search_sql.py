@@ -1,0 +1,337 @@
+"""The SQL of search, per dialect: keyword queries, the keyword index's set-up, vector rows.
+
+Every function here is a plain function of a SQLAlchemy ``Connection``, run by
+:class:`p8fs.database.Database` inside one of its transactions. User input never becomes SQL
+text: the query's words arrive already reduced to letters and digits (:func:`p8fs.search.terms`)
+and are bound as parameters, whatever the dialect's own query syntax (FTS5 ``MATCH``,
+``to_tsquery``, ``MATCH … AGAINST``) would make of quotes and operators.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import bindparam, delete, select, text
+from sqlalchemy.engine import Connection
+
+from p8fs.database import schema
+from p8fs.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+#: Most rows the scan fallback (TiDB without FULLTEXT) ranks per query.
+SCAN_CANDIDATES = 5000
+
+_SELECT = (
+    "r.id AS resource_id, r.file_id AS file_id, r.ordinal AS ordinal, r.content AS content, "
+    "r.metadata AS metadata, r.uri AS resource_uri, f.name AS file_name, f.uri AS file_uri, "
+    "f.mime_type AS mime_type"
+)
+_JOIN = "JOIN files f ON f.tenant_id = r.tenant_id AND f.id = r.file_id"
+
+
+# -- set-up -----------------------------------------------------------------------------------
+
+
+def setup_keyword_index(conn: Connection, dialect: str, text_config: str | None) -> str:
+    """Create the keyword index if it is missing; return the backend that serves queries:
+    ``fts5``, ``tsvector`` (PostgreSQL), ``fulltext`` (MySQL/MariaDB) or ``scan`` (TiDB).
+
+    Catalogs are read first so that a database already set up takes no DDL lock at all (an
+    ``ALTER TABLE`` on a busy PostgreSQL table waits for every open transaction).
+    """
+    if dialect == "sqlite":
+        existed = conn.exec_driver_sql(
+            "SELECT 1 FROM sqlite_master WHERE name = ?", (schema.SQLITE_FTS_TABLE,)
+        ).first()
+        for statement in schema.search_ddl("sqlite"):
+            conn.exec_driver_sql(statement)
+        if existed is None:
+            # An index created over existing rows starts empty: fill it once.
+            fts = schema.SQLITE_FTS_TABLE
+            conn.exec_driver_sql(f"INSERT INTO {fts}({fts}) VALUES ('rebuild')")
+        return "fts5"
+    if dialect == "postgresql":
+        wanted = text_config or schema.DEFAULT_TEXT_CONFIG
+        current = pg_text_config(conn)
+        if text_config is not None and current != text_config:
+            known = conn.execute(
+                text("SELECT 1 FROM pg_ts_config WHERE cfgname = :name"), {"name": text_config}
+            ).first()
+            if known is None:
+                raise ConfigurationError(
+                    f"P8FS_SEARCH_TEXT_CONFIG={text_config!r} is not a PostgreSQL text search "
+                    "configuration here (see `\\dF` in psql: english, simple, german, ...)"
+                )
+            if current is not None:
+                log.warning(
+                    "rebuilding the keyword index: text search configuration %s -> %s",
+                    current,
+                    text_config,
+                )
+                conn.exec_driver_sql(f"ALTER TABLE resources DROP COLUMN {schema.PG_TSV_COLUMN}")
+                current = None
+        if current is None:
+            for statement in schema.search_ddl("postgresql", text_config=wanted):
+                conn.exec_driver_sql(statement)
+        else:
+            conn.exec_driver_sql(schema.search_ddl("postgresql", text_config=current)[1])
+        return "tsvector"
+    version = str(conn.exec_driver_sql("SELECT VERSION()").scalar() or "")
+    if "tidb" in version.lower():
+        return "scan"
+    present = conn.execute(
+        text(
+            "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() "
+            "AND table_name = 'resources' AND index_name = :name"
+        ),
+        {"name": schema.MYSQL_FULLTEXT_INDEX},
+    ).first()
+    if present is None:
+        for statement in schema.search_ddl("mysql"):
+            conn.exec_driver_sql(statement)
+    return "fulltext"
+
+
+def pg_text_config(conn: Connection) -> str | None:
+    """The configuration the ``search_tsv`` column was generated with (``None``: no column)."""
+    expr = conn.execute(
+        text(
+            "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a JOIN pg_attrdef d "
+            "ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+            "WHERE a.attrelid = to_regclass('resources') AND a.attname = :col"
+        ),
+        {"col": schema.PG_TSV_COLUMN},
+    ).scalar()
+    if expr is None:
+        return None
+    match = re.search(r"'([^']+)'::regconfig", str(expr))
+    return match.group(1) if match else schema.DEFAULT_TEXT_CONFIG
+
+
+# -- keyword queries --------------------------------------------------------------------------
+
+
+def _filters(uri_prefix: str | None, mime_types: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """SQL conditions on ``f`` for a URI prefix and MIME types (``type/*`` matches a family)."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if uri_prefix:
+        # substr, not LIKE: LIKE folds case on SQLite and would need escaping everywhere.
+        clauses.append("substr(f.uri, 1, :prefix_len) = :prefix")
+        params.update(prefix=uri_prefix, prefix_len=len(uri_prefix))
+    if mime_types:
+        alternatives: list[str] = []
+        for i, mime in enumerate(mime_types):
+            if mime.endswith("/*"):
+                family = mime[:-1]
+                alternatives.append(f"substr(f.mime_type, 1, :mime_len{i}) = :mime{i}")
+                params.update({f"mime{i}": family, f"mime_len{i}": len(family)})
+            else:
+                alternatives.append(f"f.mime_type = :mime{i}")
+                params[f"mime{i}"] = mime
+        clauses.append("(" + " OR ".join(alternatives) + ")")
+    return "".join(f" AND {c}" for c in clauses), params
+
+
+def keyword_query(
+    conn: Connection,
+    backend: str,
+    tenant_id: str,
+    terms: Sequence[str],
+    *,
+    limit: int,
+    uri_prefix: str | None = None,
+    mime_types: Sequence[str] = (),
+    text_config: str = schema.DEFAULT_TEXT_CONFIG,
+) -> list[dict[str, Any]]:
+    """The tenant's best chunks for ``terms`` (any of them), best first, with a ``score``
+    (higher is better; comparable within one query only)."""
+    if not terms:
+        return []
+    where, params = _filters(uri_prefix, mime_types)
+    params.update(tenant=tenant_id, limit=limit)
+    if backend == "fts5":
+        fts = schema.SQLITE_FTS_TABLE
+        # Each word quoted: FTS5 reads it as a plain string, never as an operator or column.
+        params["match"] = " OR ".join(f'"{t}"' for t in terms)
+        sql = (
+            f"SELECT {_SELECT}, -bm25({fts}) AS score FROM {fts} "
+            f"JOIN resources r ON r.rowid = {fts}.rowid {_JOIN} "
+            f"WHERE {fts} MATCH :match AND r.tenant_id = :tenant{where} "
+            f"ORDER BY bm25({fts}) LIMIT :limit"
+        )
+    elif backend == "tsvector":
+        col = schema.PG_TSV_COLUMN
+        params.update(tsquery=" | ".join(terms), config=text_config)
+        sql = (
+            f"SELECT {_SELECT}, ts_rank_cd(r.{col}, q.query, 1) AS score FROM resources r {_JOIN} "
+            "CROSS JOIN to_tsquery(CAST(:config AS regconfig), :tsquery) AS q(query) "
+            f"WHERE r.tenant_id = :tenant AND r.{col} @@ q.query{where} "
+            "ORDER BY score DESC, r.id LIMIT :limit"
+        )
+    elif backend == "fulltext":
+        params["words"] = " ".join(terms)
+        match = "MATCH(r.content) AGAINST (:words IN NATURAL LANGUAGE MODE)"
+        sql = (
+            f"SELECT {_SELECT}, {match} AS score FROM resources r {_JOIN} "
+            f"WHERE r.tenant_id = :tenant AND {match}{where} ORDER BY score DESC, r.id LIMIT :limit"
+        )
+    elif backend == "scan":
+        return _scan_query(conn, tenant_id, terms, limit=limit, where=where, params=params)
+    else:  # pragma: no cover - backends are ours
+        raise ValueError(f"unknown keyword backend {backend!r}")
+    return [_row(r) for r in conn.execute(text(sql), params).mappings()]
+
+
+_WORD = re.compile(r"[^\W_]+")
+
+
+def _scan_query(
+    conn: Connection,
+    tenant_id: str,
+    terms: Sequence[str],
+    *,
+    limit: int,
+    where: str,
+    params: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Keyword search without a full-text index (TiDB): rows containing any term (``LIKE``), at
+    most :data:`SCAN_CANDIDATES`, ranked by BM25 computed here. The terms are letters and digits
+    only, so they need no ``LIKE`` escaping."""
+    likes = " OR ".join(f"LOWER(r.content) LIKE :like{i}" for i in range(len(terms)))
+    for i, term in enumerate(terms):
+        params[f"like{i}"] = f"%{term}%"
+    total = conn.execute(
+        text("SELECT COUNT(*) FROM resources r WHERE r.tenant_id = :tenant"), params
+    ).scalar_one()
+    params["candidates"] = SCAN_CANDIDATES
+    rows = [
+        _row(r)
+        for r in conn.execute(
+            text(
+                f"SELECT {_SELECT} FROM resources r {_JOIN} WHERE r.tenant_id = :tenant "
+                f"AND ({likes}){where} LIMIT :candidates"
+            ),
+            params,
+        ).mappings()
+    ]
+    if not rows:
+        return []
+    docs = [Counter(w.lower() for w in _WORD.findall(r["content"])) for r in rows]
+    lengths = [sum(d.values()) for d in docs]
+    avg = sum(lengths) / len(lengths) or 1.0
+    k1, b = 1.5, 0.75
+    for term in terms:
+        df = sum(1 for d in docs if any(w.startswith(term) for w in d))
+        idf = math.log(1 + (max(total, len(rows)) - df + 0.5) / (df + 0.5))
+        for row, d, n in zip(rows, docs, lengths, strict=True):
+            tf = sum(c for w, c in d.items() if w.startswith(term))
+            if tf:
+                row["score"] = row.get("score", 0.0) + idf * tf * (k1 + 1) / (
+                    tf + k1 * (1 - b + b * n / avg)
+                )
+    ranked = sorted((r for r in rows if r.get("score")), key=lambda r: -r["score"])
+    return ranked[:limit]
+
+
+def _row(mapping: Any) -> dict[str, Any]:
+    row = dict(mapping)
+    meta = row.get("metadata")
+    if isinstance(meta, str | bytes):
+        try:
+            row["metadata"] = json.loads(meta)
+        except ValueError:
+            row["metadata"] = {}
+    row["metadata"] = row.get("metadata") or {}
+    if row.get("score") is not None:
+        row["score"] = float(row["score"])
+    return row
+
+
+def resources_by_ids(conn: Connection, tenant_id: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows like :func:`keyword_query`'s (without a score) for these resource ids."""
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(ids), 500):
+        part = list(ids[start : start + 500])
+        stmt = text(
+            f"SELECT {_SELECT} FROM resources r {_JOIN} WHERE r.tenant_id = :tenant "
+            "AND r.id IN :ids"
+        ).bindparams(bindparam("ids", expanding=True))
+        out.extend(
+            _row(r) for r in conn.execute(stmt, {"tenant": tenant_id, "ids": part}).mappings()
+        )
+    return out
+
+
+# -- vectors ----------------------------------------------------------------------------------
+
+
+def prune_embeddings(
+    conn: Connection, tenant_id: str, file_id: str, hashes: dict[str, str]
+) -> None:
+    """Drop the file's vectors whose chunk is gone or whose text changed (``hashes``: the new
+    resource id -> content hash). Unchanged chunks keep theirs."""
+    e = schema.resource_embeddings
+    stale = [
+        rid
+        for rid, digest in conn.execute(
+            select(e.c.resource_id, e.c.content_hash).where(
+                e.c.tenant_id == tenant_id, e.c.file_id == file_id
+            )
+        ).all()
+        if hashes.get(rid) != digest
+    ]
+    for start in range(0, len(stale), 500):
+        conn.execute(
+            delete(e).where(
+                e.c.tenant_id == tenant_id, e.c.resource_id.in_(stale[start : start + 500])
+            )
+        )
+
+
+def delete_file_embeddings(conn: Connection, tenant_id: str, file_id: str) -> None:
+    e = schema.resource_embeddings
+    conn.execute(delete(e).where(e.c.tenant_id == tenant_id, e.c.file_id == file_id))
+
+
+def file_embeddings_by_ordinal(
+    conn: Connection, tenant_id: str, file_id: str
+) -> list[dict[str, Any]]:
+    """The file's vectors with their chunk's ordinal (to carry them across a rename)."""
+    e, r = schema.resource_embeddings, schema.resources
+    stmt = (
+        select(r.c.ordinal, e.c.model, e.c.dimension, e.c.content_hash, e.c.vector)
+        .join(r, (r.c.tenant_id == e.c.tenant_id) & (r.c.id == e.c.resource_id))
+        .where(e.c.tenant_id == tenant_id, e.c.file_id == file_id)
+    )
+    return [dict(row._mapping) for row in conn.execute(stmt)]
+
+
+def embedding_rows(
+    tenant_id: str,
+    model: str,
+    items: Iterable[tuple[str, str, str, bytes, int]],
+) -> list[dict[str, Any]]:
+    """``resource_embeddings`` rows from (resource id, file id, content hash, blob, dimension)."""
+    now = datetime.now(UTC)
+    return [
+        {
+            "tenant_id": tenant_id,
+            "resource_id": rid,
+            "model": model,
+            "file_id": fid,
+            "dimension": dim,
+            "content_hash": digest,
+            "vector": blob,
+            "created_at": now,
+        }
+        for rid, fid, digest, blob, dim in items
+    ]
