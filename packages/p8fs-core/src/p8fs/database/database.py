@@ -337,7 +337,9 @@ class Database:
             # Cancelled with the loop: nobody may wait forever for a commit that never comes.
             for _, future in self._pending_writes:
                 if not future.done():
-                    future.set_exception(TransientError("the database writer stopped", cause=str(exc)))
+                    future.set_exception(
+                        TransientError("the database writer stopped", cause=str(exc))
+                    )
             self._pending_writes.clear()
             raise
 
@@ -411,12 +413,12 @@ class Database:
         """
         with RowSpool() as spool:
             batch: list[dict[str, Any]] = []
+            hashes: dict[str, str] = {}
             async for resource in _aiter(resources):
                 batch.append(_to_row(resource, schema.resources))
-            hashes: dict[str, str] = {}
+                hashes[resource.id] = content_hash(resource.content)
                 if len(batch) >= batch_size:
                     spool.write(batch)
-                hashes[resource.id] = content_hash(resource.content)
                     batch = []
             spool.write(batch)
             record = file() if callable(file) else file
@@ -429,9 +431,9 @@ class Database:
                 for rows in spool.batches():
                     self._check_resource_rows(record, rows)
                     conn.execute(insert(schema.resources), rows)
+                search_sql.prune_embeddings(conn, record.tenant_id, record.id, hashes)
                 if job_row is not None:
                     self._upsert(conn, schema.jobs, [job_row])
-                search_sql.prune_embeddings(conn, record.tenant_id, record.id, hashes)
 
             await self._write(store)
             return record
@@ -455,12 +457,12 @@ class Database:
         file_row, resource_rows = self._file_rows(file, resources)
 
         def replace(conn: Connection) -> None:
+            vectors = search_sql.file_embeddings_by_ordinal(conn, tenant_id, old_file_id)
             self._delete_file(conn, tenant_id, old_file_id)
             self._store_file(conn, file_row, resource_rows)
-            vectors = search_sql.file_embeddings_by_ordinal(conn, tenant_id, old_file_id)
+            self._carry_embeddings(conn, file_row, resource_rows, vectors)
 
         await self._write(replace)
-            self._carry_embeddings(conn, file_row, resource_rows, vectors)
 
     async def delete_file(self, tenant_id: str, file_id: str) -> bool:
         """Remove a file and its resources; ``False`` when there was no such file."""
@@ -602,48 +604,6 @@ class Database:
         )
         return await self._fetch(Moment, stmt)
 
-    # -- internals ------------------------------------------------------------------------
-
-    def _file_row(self, file: FileRecord) -> dict[str, Any]:
-        row = _to_row(file, schema.files)
-        row["uri_hash"] = uri_hash(file.uri)
-        self._check_storable(schema.files, [row])
-        return row
-
-    def _check_resource_rows(self, file: FileRecord, rows: list[dict[str, Any]]) -> None:
-        """Refuse resources that are not ``file``'s (wrong tenant or file id), or unstorable."""
-        for row in rows:
-            if row["tenant_id"] != file.tenant_id:
-                raise InvalidPath(
-                    f"resource {row['name']!r} belongs to tenant {row['tenant_id']!r}, "
-                    f"its file to {file.tenant_id!r}",
-                    tenant_id=file.tenant_id,
-                )
-            if row["file_id"] != file.id:
-                raise ValueError(
-                    f"resource {row['name']!r} has file_id {row['file_id']!r}, "
-                    f"not the stored file's {file.id!r}"
-                )
-        self._check_storable(schema.resources, rows)
-
-    def _file_rows(
-        self, file: FileRecord, resources: Sequence[Resource]
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Rows for a file and its resources, checked before any transaction starts."""
-        file_row = self._file_row(file)
-        resource_rows = [_to_row(r, schema.resources) for r in resources]
-        self._check_resource_rows(file, resource_rows)
-        return file_row, resource_rows
-
-    def _check_storable(self, table: Table, rows: list[dict[str, Any]]) -> None:
-        """Refuse NUL characters on PostgreSQL before the transaction starts."""
-        if self.dialect != "postgresql":
-            return
-        for row in rows:
-            for column, value in row.items():
-                if _contains_nul(value):
-                    raise UnstorableText(
-                        f"PostgreSQL cannot store NUL (U+0000) characters: {table.name}.{column} "
     # -- search ---------------------------------------------------------------------------
 
     def _setup_search(self, conn: Connection) -> None:
@@ -799,6 +759,48 @@ class Database:
         rows = await self._run(lambda conn: conn.execute(stmt).all())
         return {str(model): int(n) for model, n in rows}
 
+    # -- internals ------------------------------------------------------------------------
+
+    def _file_row(self, file: FileRecord) -> dict[str, Any]:
+        row = _to_row(file, schema.files)
+        row["uri_hash"] = uri_hash(file.uri)
+        self._check_storable(schema.files, [row])
+        return row
+
+    def _check_resource_rows(self, file: FileRecord, rows: list[dict[str, Any]]) -> None:
+        """Refuse resources that are not ``file``'s (wrong tenant or file id), or unstorable."""
+        for row in rows:
+            if row["tenant_id"] != file.tenant_id:
+                raise InvalidPath(
+                    f"resource {row['name']!r} belongs to tenant {row['tenant_id']!r}, "
+                    f"its file to {file.tenant_id!r}",
+                    tenant_id=file.tenant_id,
+                )
+            if row["file_id"] != file.id:
+                raise ValueError(
+                    f"resource {row['name']!r} has file_id {row['file_id']!r}, "
+                    f"not the stored file's {file.id!r}"
+                )
+        self._check_storable(schema.resources, rows)
+
+    def _file_rows(
+        self, file: FileRecord, resources: Sequence[Resource]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Rows for a file and its resources, checked before any transaction starts."""
+        file_row = self._file_row(file)
+        resource_rows = [_to_row(r, schema.resources) for r in resources]
+        self._check_resource_rows(file, resource_rows)
+        return file_row, resource_rows
+
+    def _check_storable(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        """Refuse NUL characters on PostgreSQL before the transaction starts."""
+        if self.dialect != "postgresql":
+            return
+        for row in rows:
+            for column, value in row.items():
+                if _contains_nul(value):
+                    raise UnstorableText(
+                        f"PostgreSQL cannot store NUL (U+0000) characters: {table.name}.{column} "
                         f"of row {row.get('id')!r} contains one",
                         table=table.name,
                         column=column,
@@ -812,6 +814,40 @@ class Database:
         self._delete_resources(conn, file_row["tenant_id"], file_row["id"])
         if resource_rows:
             conn.execute(insert(schema.resources), resource_rows)
+        hashes = {row["id"]: content_hash(row["content"]) for row in resource_rows}
+        search_sql.prune_embeddings(conn, file_row["tenant_id"], file_row["id"], hashes)
+
+    def _carry_embeddings(
+        self,
+        conn: Connection,
+        file_row: dict[str, Any],
+        resource_rows: list[dict[str, Any]],
+        vectors: list[dict[str, Any]],
+    ) -> None:
+        """A renamed file's chunks keep their vectors (same ordinal, same text): a rename
+        costs no embedding call."""
+        by_ordinal = {row["ordinal"]: row for row in resource_rows}
+        carried = []
+        for vec in vectors:
+            new = by_ordinal.get(vec["ordinal"])
+            if new is not None and content_hash(new["content"]) == vec["content_hash"]:
+                carried.append(
+                    (
+                        vec["model"],
+                        (
+                            new["id"],
+                            file_row["id"],
+                            vec["content_hash"],
+                            vec["vector"],
+                            vec["dimension"],
+                        ),
+                    )
+                )
+        for model in {m for m, _ in carried}:
+            rows = search_sql.embedding_rows(
+                file_row["tenant_id"], model, [item for m, item in carried if m == model]
+            )
+            self._upsert(conn, schema.resource_embeddings, rows)
 
     def _delete_resources(self, conn: Connection, tenant_id: str, file_id: str) -> None:
         r = schema.resources
@@ -855,40 +891,6 @@ def _upsert_statement(dialect: str, table: Table) -> Any:
         if not guarded:
             return my.on_duplicate_key_update({name: my.inserted[name] for name in columns})
         keep = and_(table.c.status.in_(final), my.inserted.status.not_in(final))
-        hashes = {row["id"]: content_hash(row["content"]) for row in resource_rows}
-        search_sql.prune_embeddings(conn, file_row["tenant_id"], file_row["id"], hashes)
-
-    def _carry_embeddings(
-        self,
-        conn: Connection,
-        file_row: dict[str, Any],
-        resource_rows: list[dict[str, Any]],
-        vectors: list[dict[str, Any]],
-    ) -> None:
-        """A renamed file's chunks keep their vectors (same ordinal, same text): a rename
-        costs no embedding call."""
-        by_ordinal = {row["ordinal"]: row for row in resource_rows}
-        carried = []
-        for vec in vectors:
-            new = by_ordinal.get(vec["ordinal"])
-            if new is not None and content_hash(new["content"]) == vec["content_hash"]:
-                carried.append(
-                    (
-                        vec["model"],
-                        (
-                            new["id"],
-                            file_row["id"],
-                            vec["content_hash"],
-                            vec["vector"],
-                            vec["dimension"],
-                        ),
-                    )
-                )
-        for model in {m for m, _ in carried}:
-            rows = search_sql.embedding_rows(
-                file_row["tenant_id"], model, [item for m, item in carried if m == model]
-            )
-            self._upsert(conn, schema.resource_embeddings, rows)
         # MySQL applies the assignments in order, each seeing the ones before: status goes last,
         # so every condition reads the row's old status.
         ordered = sorted(columns, key=lambda name: name == "status")
@@ -903,6 +905,18 @@ def _upsert_statement(dialect: str, table: Table) -> Any:
             or_(table.c.status.not_in(final), ins.excluded.status.in_(final)) if guarded else None
         ),
     )
+
+
+def _all_rows(stmt: Any, conn: Connection) -> list[Any]:
+    return list(conn.execute(stmt).tuples().all())
+
+
+def _blob(vector: Any) -> tuple[bytes, int]:
+    """A vector as little-endian float32 bytes, and its length."""
+    import numpy as np
+
+    array = np.asarray(vector, dtype="<f4").ravel()
+    return array.tobytes(), int(array.shape[0])
 
 
 def _to_row(record: BaseModel, table: Table) -> dict[str, Any]:
@@ -947,18 +961,6 @@ def _to_model(model: type[RecordT], row: Row[Any]) -> RecordT:
 
 def _sqlite_transaction(engine: Engine, ops: Sequence[Op]) -> list[Any]:
     """``ops`` in one transaction on ``engine`` (runs in a SQLite thread)."""
-def _all_rows(stmt: Any, conn: Connection) -> list[Any]:
-    return list(conn.execute(stmt).tuples().all())
-
-
-def _blob(vector: Any) -> tuple[bytes, int]:
-    """A vector as little-endian float32 bytes, and its length."""
-    import numpy as np
-
-    array = np.asarray(vector, dtype="<f4").ravel()
-    return array.tobytes(), int(array.shape[0])
-
-
     with engine.begin() as conn:
         return [op(conn) for op in ops]
 
