@@ -18,6 +18,8 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "providers": "p8fs.cli.inspect:providers",
     "db": "p8fs.cli.db:db",
     "eval": "p8fs.cli.eval:eval_command",
+    "search": "p8fs.cli.search:search",
+    "embed": "p8fs.cli.search:embed",
 }
 
 
