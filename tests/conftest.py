@@ -3,5 +3,6 @@
 pytest_plugins = [
     "tests.fixtures.db",
     "tests.fixtures.llm",
+    "tests.fixtures.nats_cluster",
     "tests.fixtures.services",
 ]

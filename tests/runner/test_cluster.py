@@ -34,7 +34,6 @@ from p8fs_runner import tiers
 from tests.fixtures.nats_cluster import (
     ClusterNode,
     NatsCluster,
-    nats_cluster_fixture,  # noqa: F401
     start_cluster,
 )
 from tests.reliability.load_scenario import (

@@ -21,7 +21,6 @@ from p8fs_runner.topology import (
 )
 from tests.fixtures.nats_cluster import (
     NatsCluster,
-    nats_cluster_fixture,  # noqa: F401
     start_cluster,
 )
 

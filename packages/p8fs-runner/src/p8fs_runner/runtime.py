@@ -167,7 +167,7 @@ async def serve_router(
     settings: RunnerSettings,
     stop: asyncio.Event,
     *,
-    queues: tuple[QueueSpec, ...] = tiers.ALL_QUEUES,
+    queues: tuple[QueueSpec, ...] | None = None,
     metrics_port: int | None = None,
     setup_only: bool = False,
     on_ready: Callable[[], Any] | None = None,
@@ -182,6 +182,10 @@ async def serve_router(
     from p8fs_runner.router import Router, record_error
     from p8fs_runner.topology import ensure_topology
 
+    if queues is None:
+        # The settings' queues carry P8FS_NATS_REPLICAS and P8FS_TIER_OVERRIDES; the bare tier
+        # table would create new streams with one copy on a cluster.
+        queues = settings.queues()
     nc = await connect_nats(settings, name="p8fs-router")
     database = LazyDatabase(settings)
     try:
@@ -281,11 +285,15 @@ async def serve_worker(
 ) -> WorkerStats:
     """Bind to ``spec``'s consumer (never create it) and process until ``stop``."""
     from p8fs.storage import storage_options_from_settings
-    from p8fs_runner.dependencies import DatabaseProbe, Dependencies, S3Probe
+    from p8fs.embedding import create_embedder
+    from p8fs_runner.dependencies import DatabaseProbe, Dependencies, EmbedderProbe, S3Probe
     from p8fs_runner.processing import PipelineProcessor
     from p8fs_runner.topology import bind_consumer
     from p8fs_runner.worker import Worker
 
+    # P8FS_EMBEDDER: files are embedded after their commit, acked once the vectors are stored.
+    # Built before connecting so a wrong setting fails the start; it connects on first use.
+    embedder = create_embedder(settings)
     nc = await connect_nats(settings, name=f"p8fs-worker-{spec.name}")
     database = LazyDatabase(settings)
     try:
@@ -303,6 +311,7 @@ async def serve_worker(
                 storage_options=storage_options,
                 process=process_name,
                 options=options,
+                embedder=embedder,
             )
             # Plugin loading and the S3 client's set-up are slow first-use costs; paid here,
             # they cannot stall the loop (and its heartbeats) while a file is in progress.
@@ -319,7 +328,13 @@ async def serve_worker(
             process,
             errors=database.record_error,
             jobs=database.upsert_job,
-            dependencies=Dependencies([DatabaseProbe(database.get), S3Probe(storage_options)]),
+            dependencies=Dependencies(
+                [
+                    DatabaseProbe(database.get),
+                    S3Probe(storage_options),
+                    *([EmbedderProbe(embedder)] if embedder is not None else []),
+                ]
+            ),
             grace=grace,
             process_name=process_name,
         )
@@ -334,3 +349,5 @@ async def serve_worker(
         await _close(nc)
         await database.dispose()
         await aclose_filesystems()
+        if embedder is not None:
+            await embedder.aclose()

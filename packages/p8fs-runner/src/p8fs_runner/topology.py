@@ -224,6 +224,27 @@ class TopologyReport:
         return "; ".join(parts) or "topology already up to date"
 
 
+#: A cluster that has just changed (a node restarted, replicas raised a moment ago) can report
+#: a peer offline for a few seconds (measured under load); placement is retried this long
+#: before "no suitable peers" is the operator's to fix.
+PLACEMENT_GRACE = 15.0
+#: JetStream's "no suitable peers for placement".
+NO_SUITABLE_PEERS = 10005
+
+
+async def _placed(request: Callable[[], Awaitable[Any]]) -> Any:
+    """``request`` (a stream create or update), retried while peers are briefly offline."""
+    deadline = time.monotonic() + PLACEMENT_GRACE
+    while True:
+        try:
+            return await request()
+        except APIError as exc:
+            if exc.err_code != NO_SUITABLE_PEERS or time.monotonic() > deadline:
+                raise
+            log.warning("no suitable peers for placement yet (%s); retrying", exc.description)
+            await asyncio.sleep(1.0)
+
+
 async def _ensure_stream(
     js: JetStreamContext, config: api.StreamConfig, report: TopologyReport
 ) -> None:
@@ -235,7 +256,7 @@ async def _ensure_stream(
         info = await js.stream_info(config.name)
     except NotFoundError:
         try:
-            await js.add_stream(config)
+            await _placed(lambda: js.add_stream(config))
         except APIError as exc:
             raise _replicas_error(config.name, replicas, exc) or TopologyError(
                 f"cannot create stream {config.name}: {exc.description}"
@@ -248,7 +269,7 @@ async def _ensure_stream(
     # Start from the stream's own configuration: only what the runner owns changes.
     updated = dataclasses.replace(info.config, **changes)
     try:
-        await js.update_stream(updated)
+        await _placed(lambda: js.update_stream(updated))
     except APIError as exc:
         replicas_error = _replicas_error(config.name, replicas, exc)
         if replicas_error is not None:
@@ -280,7 +301,9 @@ async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> b
     if (info.config.num_replicas or 1) == replicas:
         return False
     try:
-        await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+        await _placed(
+            lambda: js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+        )
     except APIError as exc:
         raise _replicas_error(stream, replicas, exc) or TopologyError(
             f"cannot change the replicas of stream {stream}: {exc.description}"
