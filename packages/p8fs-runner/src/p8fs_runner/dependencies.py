@@ -1,8 +1,8 @@
 """Is a failure the file's, or a dependency's? Probes of what a worker needs to store a file.
 
 A worker that sees a failure which may not be the file's fault (see
-:func:`p8fs_runner.settlement.may_be_outage`) asks its probes. If one fails, the database or S3 is
-down (or refuses the worker's credentials): the worker stops pulling, reports not ready, keeps the
+:func:`p8fs_runner.settlement.may_be_outage`) asks its probes. If one fails, the database, S3 or
+the embedder is down (or refuses the worker's credentials): the worker stops pulling, reports not ready, keeps the
 messages it holds and asks the probes again until they pass (:class:`Dependencies.wait_until_up`).
 Spending the file's deliveries instead would dead-letter good files during any outage longer
 than the tier's retry budget (about 18 minutes on the small tier).
@@ -126,4 +126,25 @@ class S3Probe:
                 f"S3 {endpoint} unavailable for bucket {bucket!r}: {type(exc).__name__}: {exc} "
                 "(check P8FS_SEAWEEDFS_ENDPOINT, P8FS_S3_ACCESS_KEY and P8FS_S3_SECRET_KEY)"
             )
+        return None
+
+
+class EmbedderProbe:
+    """The configured embedder answers (one tiny embedding request, or a model that loads).
+
+    Only a worker with ``P8FS_EMBEDDER`` set has this probe: its files are acknowledged once
+    their vectors are stored, so an embedding server that is down is an outage to wait out, like
+    the database's, not a reason to spend the file's deliveries.
+    """
+
+    dependency = "embedder"
+
+    def __init__(self, embedder: Any) -> None:
+        #: A :class:`p8fs.embedding.Embedder`.
+        self.embedder = embedder
+
+    async def __call__(self, event: StorageEvent | None = None) -> str | None:
+        reason: str | None = await self.embedder.probe()
+        if reason is not None:
+            return f"{reason} (check P8FS_EMBEDDER, P8FS_EMBEDDING_URL, P8FS_EMBEDDING_MODEL)"
         return None

@@ -167,7 +167,7 @@ async def serve_router(
     settings: RunnerSettings,
     stop: asyncio.Event,
     *,
-    queues: tuple[QueueSpec, ...] | None = None,
+    queues: tuple[QueueSpec, ...] = tiers.ALL_QUEUES,
     metrics_port: int | None = None,
     setup_only: bool = False,
     on_ready: Callable[[], Any] | None = None,
@@ -182,10 +182,6 @@ async def serve_router(
     from p8fs_runner.router import Router, record_error
     from p8fs_runner.topology import ensure_topology
 
-    if queues is None:
-        # The settings' queues carry P8FS_NATS_REPLICAS and P8FS_TIER_OVERRIDES; the bare tier
-        # table would create new streams with one copy on a cluster.
-        queues = settings.queues()
     nc = await connect_nats(settings, name="p8fs-router")
     database = LazyDatabase(settings)
     try:
@@ -284,8 +280,8 @@ async def serve_worker(
     options: dict[str, Any] | None = None,
 ) -> WorkerStats:
     """Bind to ``spec``'s consumer (never create it) and process until ``stop``."""
-    from p8fs.storage import storage_options_from_settings
     from p8fs.embedding import create_embedder
+    from p8fs.storage import storage_options_from_settings
     from p8fs_runner.dependencies import DatabaseProbe, Dependencies, EmbedderProbe, S3Probe
     from p8fs_runner.processing import PipelineProcessor
     from p8fs_runner.topology import bind_consumer
