@@ -167,7 +167,7 @@ async def serve_router(
     settings: RunnerSettings,
     stop: asyncio.Event,
     *,
-    queues: tuple[QueueSpec, ...] = tiers.ALL_QUEUES,
+    queues: tuple[QueueSpec, ...] | None = None,
     metrics_port: int | None = None,
     setup_only: bool = False,
     on_ready: Callable[[], Any] | None = None,
@@ -182,12 +182,15 @@ async def serve_router(
     from p8fs_runner.router import Router, record_error
     from p8fs_runner.topology import ensure_topology
 
+    if queues is None:
+        # The settings' queues carry P8FS_NATS_REPLICAS and P8FS_TIER_OVERRIDES; the bare tier
+        # table would create new streams with one copy on a cluster.
+        queues = settings.queues()
     nc = await connect_nats(settings, name="p8fs-router")
     database = LazyDatabase(settings)
     try:
         js = nc.jetstream()
-        report = await ensure_topology(js, queues)
-        log.info("topology: %s", report.summary())
+        report = await ensure_topology(js, queues)  # logs its one-line summary
         if setup_only:
             return RouterRun(stats=_empty_stats(), topology=report.summary())
         by_stream = {q.stream: q for q in queues}
