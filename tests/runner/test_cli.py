@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -51,8 +54,7 @@ def test_router_setup_then_status_shows_every_queue(runner_settings: RunnerSetti
     env = runner_env(runner_settings)
     cli = CliRunner()
     setup = cli.invoke(main, ["router", "--setup-only"], env=env)
-    assert setup.exit_code == 0, setup.output
-    assert "consumers created" in setup.output
+    assert setup.exit_code == 0, setup.output  # its one summary line: see the test below
 
     status = cli.invoke(main, ["status", "--json"], env=env)
     assert status.exit_code == 0, status.output
@@ -137,3 +139,64 @@ def test_dreaming_is_delegated_to_the_agents_worker() -> None:
 def test_tier_options_and_sub_commands_do_not_mix() -> None:
     result = CliRunner().invoke(main, ["--tier", "small", "status"])
     assert result.exit_code == 2 and "without a sub-command" in result.output
+
+
+def _run_cli(settings: RunnerSettings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m p8fs_runner ARGS`` in a process of its own: what a user's terminal shows
+    (stdout and stderr, with the CLI's own logging set-up)."""
+    return subprocess.run(
+        [sys.executable, "-m", "p8fs_runner", *args],
+        env={**os.environ, **runner_env(settings)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_setting_up_twice_says_one_line_and_then_up_to_date(runner_settings: RunnerSettings) -> None:
+    first = _run_cli(runner_settings, "router", "--setup-only")
+    second = _run_cli(runner_settings, "router", "--setup-only")
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    first_lines = [line for line in first.stderr.splitlines() if "topology" in line]
+    second_lines = [line for line in second.stderr.splitlines() if "topology" in line]
+    assert len(first_lines) == 1 and "streams created" in first_lines[0], first.stderr
+    assert len(second_lines) == 1 and "up to date" in second_lines[0], second.stderr
+    assert "streams updated" not in second.stderr
+
+
+def test_quick_commands_print_no_connection_chatter(runner_settings: RunnerSettings) -> None:
+    assert _run_cli(runner_settings, "router", "--setup-only").returncode == 0
+    for command in (["status"], ["dlq", "list"]):
+        done = _run_cli(runner_settings, *command)
+        assert done.returncode == 0, done.stderr
+        assert "disconnected from NATS" not in done.stdout + done.stderr, command
+        assert " INFO " not in done.stderr, (command, done.stderr)
+
+
+async def test_the_router_logs_each_invalid_event_it_dead_letters(
+    runner_settings: RunnerSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    from p8fs_runner.connection import connect_nats
+    from p8fs_runner.runtime import serve_router
+
+    assert _run_cli(runner_settings, "router", "--setup-only").returncode == 0
+    nc = await connect_nats(runner_settings)
+    try:
+        await nc.jetstream().publish("p8fs.storage.events", b"{not json")
+    finally:
+        await nc.close()
+    stop = asyncio.Event()
+    caplog.set_level("ERROR", logger="p8fs_runner.router")
+    task = asyncio.create_task(serve_router(runner_settings, stop, metrics_port=0))
+    for _ in range(200):
+        if any("dead-lettered an invalid storage event" in r.message for r in caplog.records):
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    run = await task
+    assert run.stats.invalid == 1
+    [record] = [r for r in caplog.records if "invalid storage event" in r.message]
+    assert "P8FS_STORAGE_EVENTS seq 1" in record.message and record.levelname == "ERROR"

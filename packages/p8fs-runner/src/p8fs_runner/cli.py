@@ -250,7 +250,7 @@ def router(worker_id: str | None, setup_only: bool, metrics_port: int | None) ->
                 )
             )
         )
-    click.echo(f"topology: {run.topology}", err=True)
+    # The topology's summary was logged once by ensure_topology (INFO, shown by default).
     if not setup_only:
         click.echo(
             f"router stopped: routed {run.stats.routed}, invalid {run.stats.invalid}", err=True

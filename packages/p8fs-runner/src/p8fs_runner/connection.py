@@ -81,7 +81,12 @@ async def connect_nats(
     client: list[Client] = []
 
     async def disconnected() -> None:
-        log.info("disconnected from NATS (%s)", where)
+        # nats-py calls this on our own close() too (its status is CLOSED by then): only a
+        # lost connection is news; a quick command closing its connection is not.
+        if client and client[0].is_closed:
+            log.debug("closed the connection to NATS (%s)", where)
+        else:
+            log.info("disconnected from NATS (%s)", where)
 
     async def reconnected() -> None:
         now = await connected_to(client[0]) if client else "?"

@@ -144,6 +144,12 @@ class Router:
         await dead_letter(self.js, self.spec, msg, reason=str(exc), code=error_code(exc))
         await msg.term()
         metrics.DEAD_LETTERED.labels(self.spec.name).inc()
+        log.error(
+            "dead-lettered an invalid storage event (%s seq %d): %s",
+            md.stream,
+            md.sequence.stream,
+            exc,
+        )
 
     async def route(self, msgs: list[Msg]) -> RouteStats:
         """Route one fetched batch; every message is settled when this returns."""
