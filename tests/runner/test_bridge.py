@@ -439,3 +439,39 @@ async def test_changes_wait_for_the_stream_when_the_router_has_not_run(
     early_ts = int(messages[0][1]["ts_ns"])
     assert checkpoint_before is None or checkpoint_before < early_ts
     assert running.stats.checkpoint_ns is not None and running.stats.checkpoint_ns >= early_ts
+
+
+async def test_readyz_says_why_the_bridge_is_not_ready(runner_settings: RunnerSettings) -> None:
+    """With the filer unreachable, /readyz answers 503 naming the address and its setting."""
+    from p8fs_runner.bridge import run_bridge
+    from p8fs_runner.embedded import free_port, free_weed_port
+
+    settings = runner_settings.model_copy(
+        update={"seaweedfs_filer": f"127.0.0.1:{free_weed_port()}"}
+    )
+    port = free_port()
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_bridge(settings, stop=stop, metrics_port=port))
+
+    def readyz() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""
+
+    try:
+
+        async def answered() -> bool:
+            return (await asyncio.to_thread(readyz))[0] != 0
+
+        await wait_for(answered)
+        status, body = await asyncio.to_thread(readyz)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+    assert status == 503
+    assert "no live SubscribeMetadata stream" in body
+    assert "P8FS_SEAWEEDFS_FILER port + 10000" in body

@@ -650,8 +650,15 @@ async def run_bridge(
     nc = await connect_nats(settings, name="p8fs-bridge")
     bridge = FilerBridge(settings, nc)
 
-    async def ready() -> bool:
-        return bool(nc.is_connected) and bridge.following()
+    async def ready() -> bool | str:
+        if not nc.is_connected:
+            return "not connected to NATS"
+        if not bridge.following():
+            return (
+                f"no live SubscribeMetadata stream from the filer at {bridge.address} "
+                f"({bridge.address_source})"
+            )
+        return True
 
     port = settings.metrics_port if metrics_port is None else metrics_port
     probes = await start_probe_server(ready, port, settings.metrics_host)
