@@ -369,3 +369,31 @@ async def test_a_key_value_buckets_replicas_follow_the_setting(nats_cluster: Nat
             await ensure_replicas(js, "KV_P8FS_BRIDGE", 5)
     finally:
         await nc.close()
+
+
+async def test_the_bridge_keeps_its_checkpoint_in_as_many_copies_as_the_queues(
+    nats_cluster: NatsCluster,
+) -> None:
+    """A checkpoint bucket with one copy would be lost with its node (and the bridge would
+    replay an hour of history): the bridge creates it with P8FS_NATS_REPLICAS copies, and
+    raises the copies of one that a one-server deployment created earlier."""
+    import nats
+
+    from p8fs_runner.bridge import FilerBridge
+
+    nc = await nats.connect(**nats_cluster.connect_options())
+    try:
+        js = nc.jetstream()
+        settings = _cluster_settings(
+            nats_cluster, nats_replicas=3, seaweedfs_filer="127.0.0.1:8888"  # not contacted here
+        )
+        fresh = FilerBridge(settings, nc)
+        assert await fresh.open_checkpoint() is None
+        assert (await js.stream_info("KV_P8FS_BRIDGE")).config.num_replicas == 3
+
+        await js.delete_stream("KV_P8FS_BRIDGE")
+        await js.create_key_value(bucket="P8FS_BRIDGE", history=1, replicas=1)
+        await FilerBridge(settings, nc).open_checkpoint()
+        assert (await js.stream_info("KV_P8FS_BRIDGE")).config.num_replicas == 3
+    finally:
+        await nc.close()

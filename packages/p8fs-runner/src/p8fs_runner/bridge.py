@@ -265,13 +265,23 @@ class FilerBridge:
     async def open_checkpoint(self) -> int | None:
         from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
+        from p8fs_runner.topology import ensure_replicas
+
         bucket = self.settings.bridge_kv_bucket
+        replicas = self.settings.nats_replicas
         try:
             self.kv = await self.js.key_value(bucket)
         except BucketNotFoundError:
+            # As many copies as the queues: a checkpoint lost with its node would make the
+            # bridge replay P8FS_BRIDGE_START_AGO of history again.
             self.kv = await self.js.create_key_value(
-                bucket=bucket, history=1, description="p8fs event bridge checkpoints"
+                bucket=bucket,
+                history=1,
+                description="p8fs event bridge checkpoints",
+                replicas=replicas,
             )
+        else:
+            await ensure_replicas(self.js, f"KV_{bucket}", replicas)
         try:
             entry = await self.kv.get(self.key)
         except KeyNotFoundError:

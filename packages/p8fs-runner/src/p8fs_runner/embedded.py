@@ -428,7 +428,7 @@ class EmbeddedSeaweedFS:
 
     @property
     def filer_address(self) -> str:
-        """``host:port`` of the filer, as ``weed filer.meta.tail -filer=`` takes it."""
+        """``host:port`` of the filer's HTTP API (its gRPC API, which the bridge follows, is on port + 10000)."""
         return f"{self.host}:{self.filer_port}"
 
     @property

@@ -6,7 +6,8 @@ Shapes (real samples captured from SeaweedFS 4.48 are in ``tests/runner/data/``)
   ``mime_type``, ``entry`` {``Size``, ``Mime``}; optionally ``tenant_id``, ``bucket``/``key``,
   ``uri`` (``s3://bucket/key``), ``old_path``/``old_key``, ``metadata``, ``ts_ns``.
   :meth:`StorageEvent.to_json` writes this shape, so it round-trips.
-* **filer.meta.tail** (``weed filer.meta.tail`` output, protojson camelCase): ``directory``,
+* **filer metadata** (a ``SubscribeMetadata`` response as protojson camelCase, the shape the bridge
+  makes of the filer's gRPC stream and ``weed filer.meta.tail`` prints): ``directory``,
   ``eventNotification`` {``oldEntry``, ``newEntry``, ``newParentPath``, ...}, ``tsNs``.
 * **filer webhook** (``[notification.webhook]``, snake_case): ``event_type``, ``key`` (the full
   path; the *old* path for a rename), ``message`` {``old_entry``, ``new_entry``,
