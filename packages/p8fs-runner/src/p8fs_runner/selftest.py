@@ -110,14 +110,19 @@ async def run_selftest(
     echo: Echo = print,
     tenant_id: str = SELFTEST_TENANT,
     time_limit: float = 600.0,
-    queue: tiers.QueueSpec = tiers.TEST,
+    queue: tiers.QueueSpec | None = None,
 ) -> SelfTestResult:
     """Upload ``sample``, publish its event to the TEST queue, process it, report.
 
     ``settings`` must already point at running services (the CLI resolves embedded ones). The
     S3 client used for the upload and the download is closed on this loop before returning.
+    ``queue`` defaults to the settings' TEST queue (its replicas and overrides: on a cluster a
+    first self-test creates the TEST and dead-letter streams with P8FS_NATS_REPLICAS copies).
     """
     from p8fs.storage import aclose_filesystems
+
+    if queue is None:
+        queue = settings.queue("test")
 
     try:
         return await _run_selftest(settings, sample, tier, echo, tenant_id, time_limit, queue)
