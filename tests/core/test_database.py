@@ -363,7 +363,12 @@ async def test_moments_round_trip(database: Database) -> None:
 
 async def test_tenants_are_isolated(database: Database) -> None:
     file = make_file(TENANT, "/shared/name.txt")
-    await database.store_file(file, make_chunks(file, ["secret of A"]))
+    chunks = make_chunks(file, ["secret of A"])
+    await database.store_file(file, chunks)
+    # One vector of A's chunk (resource_embeddings is a tenant table like the others).
+    from p8fs.embedding import content_hash
+
+    await database.store_embeddings(TENANT, "m", [(chunks[0].id, content_hash(chunks[0].content), [1.0, 0.0])])
     job = Job(tenant_id=TENANT, job_type="file")
     await database.upsert_job(job)
     await database.record_error(ErrorRecord(tenant_id=TENANT, message="A failed"))

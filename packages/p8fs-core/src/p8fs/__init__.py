@@ -17,7 +17,7 @@ __all__ = ["__version__", "aingest", "asearch", "hookimpl", "ingest", "search"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from p8fs.pipeline import aingest, ingest
-    from p8fs.search import asearch, search
+    from p8fs.retrieval import asearch, search
 
 
 def __getattr__(name: str) -> Any:
@@ -29,6 +29,6 @@ def __getattr__(name: str) -> Any:
     if name in ("search", "asearch"):
         import importlib
 
-        # importlib, not `from p8fs import search`: that would find this very hook again.
-        return getattr(importlib.import_module("p8fs.search"), name)
+        # The module is p8fs.retrieval: a submodule named "search" would shadow the function.
+        return getattr(importlib.import_module("p8fs.retrieval"), name)
     raise AttributeError(f"module 'p8fs' has no attribute {name!r}")

@@ -31,7 +31,7 @@ def search(query: str, tenant_id: str, k: int, mode: str, uri_prefix: str | None
            mime_types: tuple[str, ...], as_json: bool) -> None:
     """Search a tenant's stored chunks for QUERY."""
     from p8fs.errors import P8fsError
-    from p8fs.search import asearch
+    from p8fs.retrieval import asearch
 
     try:
         hits = asyncio.run(asearch(query, tenant_id, k=k, mode=mode, uri_prefix=uri_prefix,

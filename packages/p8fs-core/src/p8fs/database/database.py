@@ -750,7 +750,7 @@ class Database:
             f"WHERE e.tenant_id = :tenant AND e.model = :model{where}"
         )
         rows = await self._run(lambda conn: conn.execute(sql, params).all())
-        return [(row[0], bytes(row[1]), int(row[2])) for row in rows]
+        return [(row[0], schema.decode_vector(row[1]), int(row[2])) for row in rows]
 
     async def embedding_models(self, tenant_id: str) -> dict[str, int]:
         """How many vectors the tenant has per model."""

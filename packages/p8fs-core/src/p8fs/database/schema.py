@@ -18,6 +18,7 @@ tests), so the few places where the dialects disagree are decided here, once:
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 from typing import Any
 
@@ -179,7 +180,13 @@ resources = Table(
     _id("file_id"),
     Column("name", Text(), nullable=False),
     Column("category", String(64), nullable=False, server_default="content_chunk"),
-    Column("content", _long_text(), nullable=False),
+    Column(
+        "content",
+        Text().with_variant(
+            mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_unicode_ci"), "mysql", "mariadb"
+        ),
+        nullable=False,
+    ),
     Column("ordinal", Integer(), nullable=False),
     Column("uri", _long_text(), nullable=False),
     Column("token_count", Integer()),
@@ -200,6 +207,39 @@ resources = Table(
 Index("ix_resources_tenant_category", resources.c.tenant_id, resources.c.category)
 Index("ix_resources_tenant_created", resources.c.tenant_id, resources.c.created_at)
 
+class VectorBlob(TypeDecorator[bytes]):
+    """A float32 vector's bytes: a BLOB on SQLite and PostgreSQL, base64 text on MySQL/TiDB.
+
+    Why text there: aiomysql 0.3 escapes ``bytes`` parameters through a PyMySQL function that
+    PyMySQL 1.2 replaced by a placeholder string (every bytes parameter raises ``TypeError``),
+    and TiDB is reached through the same driver.
+    """
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.LONGTEXT(charset="ascii"))
+        return dialect.type_descriptor(LargeBinary())
+
+    def process_bind_param(self, value: bytes | None, dialect: Dialect) -> Any:
+        if value is not None and dialect.name in ("mysql", "mariadb"):
+            return base64.b64encode(value).decode("ascii")
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> bytes | None:
+        return None if value is None else decode_vector(value)
+
+
+def decode_vector(value: Any) -> bytes:
+    """A stored vector's bytes, whichever way the driver returned it (bytes, memoryview, or
+    the base64 text stored on MySQL/TiDB)."""
+    if isinstance(value, str):
+        return base64.b64decode(value)
+    return bytes(value)
+
+
 #: One vector per chunk and embedding model (semantic search). ``content_hash`` is the sha256 of
 #: the chunk text that was embedded: a chunk whose text changes loses its vector in the same
 #: transaction (:meth:`p8fs.database.Database.store_file`), an unchanged one keeps it. Vectors are
@@ -214,9 +254,7 @@ resource_embeddings = Table(
     _id("file_id"),
     Column("dimension", Integer(), nullable=False),
     Column("content_hash", CHAR(64), nullable=False),
-    Column(
-        "vector", LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"), nullable=False
-    ),
+    Column("vector", VectorBlob(), nullable=False),
     _timestamp("created_at"),
     PrimaryKeyConstraint("tenant_id", "resource_id", "model", name="pk_resource_embeddings"),
     **_MYSQL_OPTIONS,
@@ -337,6 +375,9 @@ SQLITE_FTS_TABLE = "resources_fts"
 PG_TSV_COLUMN = "search_tsv"
 PG_TSV_INDEX = "ix_resources_search_tsv"
 MYSQL_FULLTEXT_INDEX = "ft_resources_content"
+#: ``resources.content``'s collation on MySQL/TiDB: case- and accent-insensitive, so full-text
+#: matching is too (the column is never compared for identity, unlike URIs and ids).
+MYSQL_CONTENT_COLLATION = "utf8mb4_unicode_ci"
 #: The PostgreSQL text-search configuration used unless ``P8FS_SEARCH_TEXT_CONFIG`` says another.
 DEFAULT_TEXT_CONFIG = "english"
 
@@ -361,7 +402,7 @@ def search_ddl(
       diacritics folded) and three triggers;
     * PostgreSQL: a generated ``tsvector`` column (``text_config``) with a GIN index;
     * MySQL/MariaDB: an InnoDB ``FULLTEXT`` index. ``fulltext=False`` for TiDB, which does not
-      support one (p8fs then ranks keyword queries itself: see :mod:`p8fs.search`).
+      support one (p8fs then ranks keyword queries itself: see :mod:`p8fs.retrieval`).
     """
     if dialect == "sqlite":
         fts = SQLITE_FTS_TABLE

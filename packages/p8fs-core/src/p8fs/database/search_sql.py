@@ -2,7 +2,7 @@
 
 Every function here is a plain function of a SQLAlchemy ``Connection``, run by
 :class:`p8fs.database.Database` inside one of its transactions. User input never becomes SQL
-text: the query's words arrive already reduced to letters and digits (:func:`p8fs.search.terms`)
+text: the query's words arrive already reduced to letters and digits (:func:`p8fs.retrieval.terms`)
 and are bound as parameters, whatever the dialect's own query syntax (FTS5 ``MATCH``,
 ``to_tsquery``, ``MATCH … AGAINST``) would make of quotes and operators.
 """
@@ -94,6 +94,19 @@ def setup_keyword_index(conn: Connection, dialect: str, text_config: str | None)
         ),
         {"name": schema.MYSQL_FULLTEXT_INDEX},
     ).first()
+    collation = conn.execute(
+        text(
+            "SELECT collation_name FROM information_schema.columns WHERE table_schema = "
+            "DATABASE() AND table_name = 'resources' AND column_name = 'content'"
+        )
+    ).scalar()
+    if collation != schema.MYSQL_CONTENT_COLLATION:
+        # InnoDB full text follows the column's collation: under utf8mb4_bin (every other
+        # column's, for exact URIs and ids) "Gravity" would not match "gravity".
+        conn.exec_driver_sql(
+            "ALTER TABLE resources MODIFY content LONGTEXT CHARACTER SET utf8mb4 "
+            f"COLLATE {schema.MYSQL_CONTENT_COLLATION} NOT NULL"
+        )
     if present is None:
         for statement in schema.search_ddl("mysql"):
             conn.exec_driver_sql(statement)

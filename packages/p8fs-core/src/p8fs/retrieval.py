@@ -318,7 +318,8 @@ async def asearch(
     if not query.strip():
         raise InvalidQuery("the query is empty")
     mimes = _mimes(mime_type)
-    if settings is None:
+    needs_settings = database is None or (mode != "keyword" and embedder is None)
+    if settings is None and needs_settings:
         from p8fs.settings import get_settings
 
         settings = get_settings()
