@@ -908,7 +908,7 @@ def _upsert_statement(dialect: str, table: Table) -> Any:
 
 
 def _all_rows(stmt: Any, conn: Connection) -> list[Any]:
-    return list(conn.execute(stmt).tuples().all())
+    return list(conn.execute(stmt).all())
 
 
 def _blob(vector: Any) -> tuple[bytes, int]:
