@@ -171,7 +171,7 @@ def test_p8fs_register_embedders_from_a_third_party_and_the_builtins(
         embedder = create_embedder(Settings(embedder="lengths"), plugins.registry)
         assert embedder is not None and embedder.model_id == "lengths-v1"
         assert create_embedder(Settings(embedder=None), plugins.registry) is None
-        with pytest.raises(ConfigurationError, match="P8FS_EMBEDDER='nope'.*lengths"):
+        with pytest.raises(ConfigurationError, match=r"P8FS_EMBEDDER='nope'.*lengths"):
             create_embedder(Settings(embedder="nope"), plugins.registry)
         # The block-list removes the built-ins like any plugin.
         monkeypatch.setenv("P8FS_DISABLE_PLUGINS", "p8fs.builtin.embedders")
