@@ -10,6 +10,7 @@ from sqlalchemy.sql.schema import ColumnCollectionConstraint, Index
 
 from p8fs.database import plan_ddl
 from p8fs.database.schema import TABLES, UTCDateTime
+from p8fs.embedding import ResourceEmbedding
 from p8fs.models import ErrorRecord, FileRecord, Job, Moment, Resource, Session
 
 #: TiDB's (and InnoDB's) limit on one index key, in bytes.
@@ -24,6 +25,7 @@ MODELS = {
     "errors": ErrorRecord,
     "sessions": Session,
     "moments": Moment,
+    "resource_embeddings": ResourceEmbedding,
 }
 
 

@@ -25,7 +25,10 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, Field
 
 from p8fs.errors import ConfigurationError, P8fsError, ProviderUnavailable, TransientError
 
@@ -173,6 +176,21 @@ def normalise(vectors: Any) -> numpy.ndarray:
     return out
 
 
+class ResourceEmbedding(BaseModel):
+    """A row of ``resource_embeddings``: one chunk's vector of one model."""
+
+    tenant_id: str
+    resource_id: str
+    model: str
+    file_id: str
+    dimension: int
+    #: sha256 of the chunk text the vector was computed from (:func:`content_hash`).
+    content_hash: str
+    #: Little-endian float32, unit length.
+    vector: bytes
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
 @dataclass
 class EmbedStats:
     """What one embedding run did."""
@@ -243,6 +261,7 @@ __all__ = [
     "EmbedderError",
     "EmbedderRefused",
     "EmbedderUnavailable",
+    "ResourceEmbedding",
     "content_hash",
     "create_embedder",
     "embed_pending",
