@@ -52,6 +52,8 @@ class OpenAIEmbedder(Embedder):
         self.api_key = api_key
         self.timeout = timeout
         self._client: httpx.AsyncClient | None = None
+        #: False once the server failed a batch but answered its texts one by one.
+        self._batches_work = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIEmbedder:
@@ -85,6 +87,23 @@ class OpenAIEmbedder(Embedder):
         return self._client
 
     async def embed(self, texts: Sequence[str]) -> numpy.ndarray:
+        np = require_numpy()
+        if len(texts) > 1 and not self._batches_work:
+            return np.concatenate([await self._request([text]) for text in texts])
+        try:
+            return await self._request(texts)
+        except EmbedderUnavailable as exc:
+            if len(texts) < 2 or exc.details.get("status", 0) < 500:
+                raise
+            # Some servers fail a batch they cannot decode at once (llama.cpp with a model that
+            # has no pooling: "llama_decode returned -1") yet embed one text fine: if one text
+            # works, this server gets one text per request from now on.
+            first = await self._request(texts[:1])
+            self._batches_work = False
+            rest = [await self._request([text]) for text in texts[1:]]
+            return np.concatenate([first, *rest])
+
+    async def _request(self, texts: Sequence[str]) -> numpy.ndarray:
         import httpx
 
         np = require_numpy()
@@ -115,7 +134,7 @@ class OpenAIEmbedder(Embedder):
         try:
             data: list[dict[str, Any]] = response.json()["data"]
             rows = sorted(data, key=lambda item: int(item.get("index", 0)))
-            matrix = np.asarray([row["embedding"] for row in rows], dtype=np.float32)
+            matrix = np.stack([_pooled(np, row["embedding"]) for row in rows])
         except Exception as exc:
             raise EmbedderError(
                 f"embedding server {self.base_url} sent no OpenAI-style embeddings: "
@@ -133,6 +152,17 @@ class OpenAIEmbedder(Embedder):
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+
+def _pooled(np: Any, embedding: Any) -> Any:
+    """One vector per text. A server without pooling (llama.cpp's for a model that declares
+    none) answers with one vector per token: those are averaged (mean pooling)."""
+    array = np.asarray(embedding, dtype=np.float32)
+    if array.ndim == 2:
+        array = array.mean(axis=0)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"an embedding of shape {array.shape}")
+    return array
 
 
 def _excerpt(response: Any, limit: int = 300) -> str:
