@@ -325,23 +325,29 @@ async def index_build_cost(db: Any) -> float:
     return (time.perf_counter() - started) / max(n, 1)
 
 
-async def pg_scratch(create: bool, name: str) -> str | None:
+async def pg_scratch(create: bool, name: str, kind: str = "postgresql") -> str | None:
+    """Create (or drop) a scratch database on the PostgreSQL or MariaDB server; its URL."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    admin = make_url(os.environ.get("P8FS_TEST_PG_URL",
-                                    "postgresql+asyncpg://postgres@127.0.0.1:5432/test"))
+    if kind == "postgresql":
+        admin = make_url(os.environ.get("P8FS_TEST_PG_URL",
+                                        "postgresql+asyncpg://postgres@127.0.0.1:5432/test"))
+        statement = (f'CREATE DATABASE "{name}"' if create
+                     else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    else:
+        admin = make_url(os.environ.get("P8FS_TEST_MYSQL_URL",
+                                        "mysql+aiomysql://root@127.0.0.1:3306/test?charset=utf8mb4"))
+        statement = (f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                     if create else f"DROP DATABASE IF EXISTS `{name}`")
     engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as conn:
             from sqlalchemy import text
 
-            if create:
-                await conn.execute(text(f'CREATE DATABASE "{name}"'))
-            else:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await conn.execute(text(statement))
     except Exception as exc:
-        print(f"PostgreSQL unavailable ({type(exc).__name__}: {exc}): skipped", file=sys.stderr)
+        print(f"{kind} unavailable ({type(exc).__name__}: {exc}): skipped", file=sys.stderr)
         return None
     finally:
         await engine.dispose()
@@ -362,7 +368,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="p8fs-retrieval-"))
     db = Database(f"sqlite+aiosqlite:///{work / 'qmsum.db'}")
     await db.init_schema()
-    chunks, ingest_s = await ingest(meetings, db, work, settings)
+    (work / "sqlite").mkdir()
+    for kind in args.keyword_databases:
+        (work / kind).mkdir()
+    chunks, ingest_s = await ingest(meetings, db, work / "sqlite", settings)
     report["chunks"] = len(chunks)
     report["ingest_ms_per_chunk"] = round(1000 * ingest_s / len(chunks), 3)
     print(f"ingested {len(meetings)} meetings: {len(chunks)} chunks", file=sys.stderr)
@@ -383,8 +392,22 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         report["embed_ms_per_chunk"] = round(1000 * stats.seconds / max(stats.embedded, 1), 1)
         print(f"embedded {stats.embedded} chunks in {stats.seconds:.0f} s", file=sys.stderr)
     report["quality"] = await evaluate(meetings, chunks, db, embedder)
+    report["quality"]["p8fs keyword (sqlite)"] = report["quality"].pop("p8fs keyword")
     report["keyword_index_build_ms_per_chunk_sqlite_small"] = round(
         1000 * await index_build_cost(db), 4)
+    for kind in args.keyword_databases:
+        name = f"p8fs_bench_{secrets.token_hex(4)}"
+        url = await pg_scratch(True, name, kind)
+        if url is None:
+            continue
+        try:
+            async with Database(url) as other:
+                await other.init_schema()
+                other_chunks, _ = await ingest(meetings, other, work / kind, settings)
+                rows = await evaluate(meetings, other_chunks, other, None)
+                report["quality"][f"p8fs keyword ({kind})"] = rows["p8fs keyword"]
+        finally:
+            await pg_scratch(False, name, kind)
     await db.dispose()
     if embedder is not None:
         await embedder.aclose()
@@ -432,6 +455,9 @@ def cli() -> None:
     parser.add_argument("--latency-chunks", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=384, help="vector size for the scan cost")
     parser.add_argument("--no-postgresql", action="store_true")
+    parser.add_argument("--keyword-databases", type=lambda v: [x for x in v.split(",") if x],
+                        default=["postgresql", "mariadb"],
+                        help="also measure keyword quality on these (comma-separated)")
     parser.add_argument("--json", help="also write the report to this file")
     args = parser.parse_args()
     report = asyncio.run(main(args))

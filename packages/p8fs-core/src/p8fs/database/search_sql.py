@@ -182,14 +182,8 @@ def keyword_query(
             f"ORDER BY bm25({fts}) LIMIT :limit"
         )
     elif backend == "tsvector":
-        col = schema.PG_TSV_COLUMN
-        params.update(tsquery=" | ".join(terms), config=text_config)
-        sql = (
-            f"SELECT {_SELECT}, ts_rank_cd(r.{col}, q.query, 1) AS score FROM resources r {_JOIN} "
-            "CROSS JOIN to_tsquery(CAST(:config AS regconfig), :tsquery) AS q(query) "
-            f"WHERE r.tenant_id = :tenant AND r.{col} @@ q.query{where} "
-            "ORDER BY score DESC, r.id LIMIT :limit"
-        )
+        return _tsvector_query(conn, tenant_id, terms, limit=limit, where=where, params=params,
+                               text_config=text_config)
     elif backend == "fulltext":
         params["words"] = " ".join(terms)
         match = "MATCH(r.content) AGAINST (:words IN NATURAL LANGUAGE MODE)"
@@ -205,6 +199,55 @@ def keyword_query(
 
 
 _WORD = re.compile(r"[^\W_]+")
+
+
+def _tsvector_query(
+    conn: Connection,
+    tenant_id: str,
+    terms: Sequence[str],
+    *,
+    limit: int,
+    where: str,
+    params: dict[str, Any],
+    text_config: str,
+) -> list[dict[str, Any]]:
+    """PostgreSQL: the GIN index finds the chunks holding any word; each word's ``ts_rank``
+    (length-normalised) is weighted by its BM25 inverse document frequency in the tenant.
+
+    Why not ``ts_rank_cd`` alone: it has no corpus statistics, so a common word counts as much
+    as a rare one (measured on QMSum: MRR 0.22 against BM25's 0.36). The document frequencies
+    come from one pass over the matching chunks (the index's candidates), not the whole table.
+    """
+    col = schema.PG_TSV_COLUMN
+    params.update(config=text_config, tsquery=" | ".join(terms))
+    for i, term in enumerate(terms):
+        params[f"t{i}"] = term
+    tsq = "to_tsquery(CAST(:config AS regconfig), {})"
+    any_match = f"r.{col} @@ " + tsq.format(":tsquery")
+    counts = ", ".join(
+        f"count(*) FILTER (WHERE r.{col} @@ {tsq.format(f':t{i}')})" for i in range(len(terms))
+    )
+    total = conn.execute(
+        text("SELECT count(*) FROM resources r WHERE r.tenant_id = :tenant"), params
+    ).scalar_one()
+    dfs = conn.execute(
+        text(f"SELECT {counts} FROM resources r WHERE r.tenant_id = :tenant AND {any_match}"),
+        params,
+    ).one()
+    weighted = []
+    for i, df in enumerate(dfs):
+        if df:
+            params[f"w{i}"] = math.log(1 + (total - df + 0.5) / (df + 0.5))
+            weighted.append(f":w{i} * ts_rank(r.{col}, {tsq.format(f':t{i}')}, 1)")
+    if not weighted:
+        return []
+    score = " + ".join(weighted)
+    sql = (
+        f"SELECT {_SELECT}, {score} AS score FROM resources r {_JOIN} "
+        f"WHERE r.tenant_id = :tenant AND {any_match}{where} "
+        "ORDER BY score DESC, r.id LIMIT :limit"
+    )
+    return [_row(r) for r in conn.execute(text(sql), params).mappings()]
 
 
 def _scan_query(
