@@ -9,10 +9,17 @@ The peer it is read against is a baseline that uses no model at all: one moment 
 whole recording, typed ``meeting`` when two or more people speak and ``reflection`` otherwise,
 with every listed speaker present and no tags. What MomentBuilder adds is the difference between
 the two tables (the baseline gets time and people right by construction; types and tags are
-where a model must earn its keep). The baseline always runs; without a key the model run is
-skipped with a message and the exit status is 0.
+where a model must earn its keep). The baseline always runs; without a configured model (no
+key, no ``P8FS_LLM_BASE_URL``) the model run is skipped with a message and the exit status is 0.
 
-Run: ``uv run --all-packages --all-extras python benchmarks/moments_eval.py [--model M]``.
+Any configured model runs: Anthropic (``ANTHROPIC_API_KEY``), OpenAI (``--model openai/...``),
+or a local OpenAI-compatible server (``P8FS_LLM_BASE_URL``, a bare ``--model`` name). With
+``--llama`` the benchmark starts the project's llama.cpp test server itself (SmolLM2-135M, from
+the side venv ``scripts/llama_server_env.sh`` builds) and runs against it. Failures count as 0 in
+the means (a model cannot look good by being scored only where it worked); per call it reports
+latency and the tokens the server counted.
+
+Run: ``uv run --all-packages --all-extras python benchmarks/moments_eval.py [--model M] [--llama]``.
 Corpus location: ``P8FS_CORPUS_DIR`` (default: ``../shared/corpus`` beside the repository).
 """
 
@@ -57,8 +64,12 @@ async def run(model: str | None, with_model: bool) -> int:
     from rich.console import Console
 
     from p8fs.agents import MomentBuilder, read_transcript
+    from p8fs.agents.runtime import USAGE, UsageMeter
     from p8fs.agents.scoring import mean_scores, score_case, score_table
     from p8fs.errors import ConfigurationError, P8fsError
+
+    meter = UsageMeter()
+    USAGE.set(meter)
 
     console = Console(width=150)
     root = corpus_dir() / SAMPLES
@@ -66,7 +77,10 @@ async def run(model: str | None, with_model: bool) -> int:
         console.print(f"corpus samples not found at {root} (set P8FS_CORPUS_DIR)")
         return 0
     cases = sorted(root.rglob("*_input.json"))
-    base_scores, model_scores, failures = [], [], {}
+    names = [str(p.relative_to(root)) for p in cases]
+    base_scores, model_scores = [], []
+    failures: dict[str, str] = {}
+    model_failures: dict[str, str] = {}
     seconds: list[float] = []
     for path in cases:
         name = str(path.relative_to(root))
@@ -87,29 +101,49 @@ async def run(model: str | None, with_model: bool) -> int:
         except ConfigurationError:
             raise
         except P8fsError as exc:
-            failures[name] = str(exc)
+            model_failures[name] = str(exc)
             continue
         seconds.append(time.perf_counter() - started)
         model_scores.append(score_case(name, result, expected))
 
-    table = score_table(base_scores, failures)
+    table = score_table(base_scores, failures, order=names)
     table.title = "baseline (no model): whole recording, all speakers, no tags"
     console.print(table)
     for name, error in failures.items():
         console.print(f"failed: {name}: {error}", markup=False)
     if not with_model:
         console.print(
-            "ANTHROPIC_API_KEY is not set: MomentBuilder was not run (set it to score the model)."
+            "No model is configured (ANTHROPIC_API_KEY, OPENAI_API_KEY or P8FS_LLM_BASE_URL): "
+            "MomentBuilder was not run."
         )
         return 0
-    table = score_table(model_scores, failures)
+    all_failures = {**failures, **model_failures}
+    table = score_table(model_scores, all_failures, order=names)
     table.title = f"MomentBuilder ({model or 'default model'})"
     console.print(table)
+    for name, error in model_failures.items():
+        console.print(f"model failed: {name}: {error}", markup=False)
     if seconds:
         console.print(
             f"{len(seconds)} transcripts, {sum(seconds) / len(seconds):.1f} s each on average"
         )
-    base, got = mean_scores(base_scores), mean_scores(model_scores)
+    if meter.calls:
+        calls = meter.calls
+        prompt = [c.prompt_tokens for c in calls if c.prompt_tokens is not None]
+        completion = [c.completion_tokens for c in calls if c.completion_tokens is not None]
+        secs = sorted(c.seconds for c in calls)
+        rate = sum(completion) / sum(c.seconds for c in calls) if completion else 0.0
+        console.print(
+            f"{len(calls)} answered calls: latency median {secs[len(secs) // 2]:.1f} s, "
+            f"max {secs[-1]:.1f} s; tokens per call: prompt "
+            f"{sum(prompt) / max(len(prompt), 1):.0f}, completion "
+            f"{sum(completion) / max(len(completion), 1):.0f} ({rate:.1f} completion tokens/s)"
+        )
+    # Means over the transcripts both could read; a model failure scores 0 there.
+    readable = len(base_scores)
+    base = mean_scores(base_scores)
+    got = mean_scores(model_scores, failed=readable - len(model_scores))
+    console.print(f"model failures: {len(model_failures)} of {readable}")
     console.print(
         "MomentBuilder minus baseline: "
         + ", ".join(f"{key} {got[key] - base[key]:+.2f}" for key in base)
@@ -120,9 +154,18 @@ async def run(model: str | None, with_model: bool) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="LLM (default P8FS_DEFAULT_MODEL)")
+    parser.add_argument(
+        "--llama",
+        action="store_true",
+        help="start the llama.cpp test server (scripts/llama_server_env.sh) and run against it",
+    )
     args = parser.parse_args()
+    if args.llama:
+        return run_on_llama(args.model)
     with_model = bool(
-        os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("P8FS_ANTHROPIC_API_KEY")
+        os.environ.get("ANTHROPIC_API_KEY")
+        or os.environ.get("P8FS_ANTHROPIC_API_KEY")
+        or os.environ.get("P8FS_LLM_BASE_URL")
     )
     if args.model and args.model.startswith("openai/"):
         with_model = bool(
@@ -131,6 +174,26 @@ def main() -> int:
             or os.environ.get("OPENAI_BASE_URL")
         )
     return asyncio.run(run(args.model, with_model))
+
+
+def run_on_llama(model: str | None) -> int:
+    """Start the llama.cpp server of the tests, point P8FS_LLM_BASE_URL at it, run, stop it."""
+    import tempfile
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from tests.fixtures.llama_server import start_llama_server, stop_llama_server
+
+    with tempfile.TemporaryDirectory(prefix="p8fs-llama-") as tmp:
+        server = start_llama_server(Path(tmp))
+        if server is None:
+            print("the llama.cpp server venv is not built: run scripts/llama_server_env.sh")
+            return 1
+        os.environ["P8FS_LLM_BASE_URL"] = server.base_url
+        print(f"llama.cpp server ready in {server.started_in:.1f} s at {server.base_url}")
+        try:
+            return asyncio.run(run(model or "smollm2-135m-instruct", True))
+        finally:
+            stop_llama_server(server)
 
 
 if __name__ == "__main__":

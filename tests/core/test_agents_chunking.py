@@ -76,8 +76,13 @@ def moments_reply(request: RecordedRequest) -> dict[str, Any]:
     """Like a model would: one moment per part; parts 1-2 a meeting, part 3 a solo reflection.
 
     Each moment starts a little before the part's first segment (context the model inferred),
-    so neighbouring parts' moments overlap in time.
+    so neighbouring parts' moments overlap in time. The final summary call gets a summary that
+    says which moments and partial summaries it was shown.
     """
+    if request.forced_tool == "MomentsSummary":
+        names = re.findall(r"^- name: (.*)$", request.user_text, re.MULTILINE)
+        partials = re.findall(r"^- (Part from segment \d+\.)$", request.user_text, re.MULTILINE)
+        return {"analysis_summary": f"FINAL over {names} from {len(partials)} parts"}
     segs = SEGMENT.findall(request.user_text)
     first = datetime.fromisoformat(segs[0][0].replace("Z", "+00:00"))
     last = datetime.fromisoformat(segs[-1][0].replace("Z", "+00:00")) + timedelta(
@@ -120,10 +125,11 @@ async def test_moments_three_chunks_merged_in_time_order(llm_server: FakeLLMServ
     result = await MomentBuilder.arun(data, context_tokens=context)
 
     requests = llm_server.message_requests()
-    assert len(requests) == 3
+    assert [r.forced_tool for r in requests] == ["MomentBuilder"] * 3 + ["MomentsSummary"]
     # Every segment went to exactly one call, whole, and every call carries the header.
     sent: list[str] = []
-    for request in sorted(requests, key=lambda r: SEGMENT.findall(r.user_text)[0][0]):
+    parts = requests[:3]
+    for request in sorted(parts, key=lambda r: SEGMENT.findall(r.user_text)[0][0]):
         assert "transcript_id: long_meeting" in request.user_text
         assert re.search(r"part \d of 3", request.user_text)
         sent.extend(s[4] for s in SEGMENT.findall(request.user_text))
@@ -139,8 +145,11 @@ async def test_moments_three_chunks_merged_in_time_order(llm_server: FakeLLMServ
     assert reflection.start == START + timedelta(seconds=60 * 6 - 30)
     assert reflection.end == START + timedelta(seconds=60 * 8 + 50)
     assert result.total_moments == 2
-    assert "Part from segment 0." in result.analysis_summary
-    assert "Part from segment 6." in result.analysis_summary
+    # One final call wrote the summary over the merged moments and the parts' summaries, as
+    # DreamModel's executive summary is written.
+    assert result.analysis_summary == (
+        "FINAL over ['Planning meeting', 'Evening reflection'] from 3 parts"
+    )
     # Filled from the transcript where the model left it out.
     assert meeting.uri == "s3://bucket/long.wav" and meeting.location == "office"
 

@@ -12,11 +12,11 @@ import json
 import logging
 import re
 from datetime import date
+from typing import Any
 
 import pytest
 
-from p8fs.agents import MomentBuilder
-from p8fs.agents import lifecycle
+from p8fs.agents import MomentBuilder, lifecycle
 from p8fs.agents.config import resolve_llm, split_model_name
 from p8fs.errors import ConfigurationError
 from p8fs.settings import Settings
@@ -203,3 +203,107 @@ def test_structured_output_setting_reaches_the_request(
     monkeypatch.setenv("P8FS_LLM_STRUCTURED_OUTPUT", "md_json")
     with pytest.raises(ConfigurationError, match="P8FS_LLM_STRUCTURED_OUTPUT"):
         MomentBuilder.run(TRANSCRIPT, model="anthropic/" + Settings().default_model)
+
+
+def _two_segments() -> dict[str, Any]:
+    return {
+        "transcript_id": "cut",
+        "start_timestamp": "2025-01-13T09:00:00Z",
+        "end_timestamp": "2025-01-13T09:10:00Z",
+        "segments": [
+            {"timestamp": "2025-01-13T09:00:00Z", "speaker_id": "s1", "text": "First point."},
+            {"timestamp": "2025-01-13T09:05:00Z", "speaker_id": "s2", "text": "Second point."},
+        ],
+    }
+
+
+def _one_moment(name: str) -> dict[str, Any]:
+    return {
+        "moments": [
+            {
+                "name": name,
+                "content": name,
+                "resource_timestamp": "2025-01-13T09:00:00Z",
+                "resource_ends_timestamp": "2025-01-13T09:10:00Z",
+                "moment_type": "conversation",
+            }
+        ],
+        "analysis_summary": name,
+    }
+
+
+def test_cut_off_answer_is_detected_and_the_input_split(
+    llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that says finish_reason tool_calls over JSON that stops mid-way (as
+    llama-cpp-python does at max_tokens): no re-ask with the broken JSON, the part is split."""
+    from tests.fixtures.llm import CutOff, RecordedRequest
+
+    monkeypatch.setenv("P8FS_LLM_BASE_URL", llm_server.url + "/v1")
+
+    def reply(request: RecordedRequest) -> Any:
+        body = request.body or {}
+        text = body["messages"][-1]["content"]
+        if "MomentsSummary" in json.dumps(body.get("tool_choice")):
+            return {"analysis_summary": "both halves"}
+        if "First point." in text and "Second point." in text:
+            return CutOff('{"moments": [{"name": "Fir')
+        return _one_moment("First" if "First point." in text else "Second")
+
+    llm_server.responder = reply
+    result = MomentBuilder.run(_two_segments(), model="local")
+    chats = [r for r in llm_server.requests if r.path == "/v1/chat/completions"]
+    assert len(chats) == 4  # the cut-off whole, its two halves, the summary
+    assert all(len(r.body["messages"]) == 2 for r in chats if r.body)  # never a re-ask
+    assert result.analysis_summary == "both halves"
+    assert {m.name for m in result.moments} <= {"First", "Second"}
+
+
+def test_cut_off_single_record_names_the_settings(
+    llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from p8fs.agents.errors import AgentTruncatedError
+    from tests.fixtures.llm import CutOff
+
+    monkeypatch.setenv("P8FS_LLM_BASE_URL", llm_server.url + "/v1")
+    llm_server.responder = lambda request: CutOff('{"moments": [')
+    with pytest.raises(AgentTruncatedError) as info:
+        MomentBuilder.run(TRANSCRIPT, model="local")
+    assert "P8FS_LLM_MAX_OUTPUT_TOKENS" in str(info.value)
+
+
+def test_context_length_error_teaches_the_window(
+    llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first call over input larger than an unknown window is refused with the server's
+    context-length error; the window it states is used to re-plan, and max_tokens fits."""
+    from p8fs.agents.limits import facts_for, forget_servers
+    from tests.fixtures.llm import RecordedRequest
+
+    forget_servers()
+    monkeypatch.setenv("P8FS_LLM_BASE_URL", llm_server.url + "/v1")
+    monkeypatch.setenv("P8FS_LLM_MAX_OUTPUT_TOKENS", "300")
+    window = 1500
+
+    def reply(request: RecordedRequest) -> Any:
+        body = request.body or {}
+        text = body["messages"][-1]["content"]
+        if "MomentsSummary" in json.dumps(body.get("tool_choice")):
+            return {"analysis_summary": "all"}
+        if "Second point." in text and "First point." in text:
+            return HTTPFailure(
+                400,
+                error_type="invalid_request_error",
+                message=f"This model's maximum context length is {window} tokens. However, "
+                "your messages resulted in 2100 tokens. Please reduce the length of the messages.",
+            )
+        return _one_moment("First" if "First point." in text else "Second")
+
+    llm_server.responder = reply
+    data = _two_segments()
+    result = MomentBuilder.run(data, model="local")
+    assert result.analysis_summary == "all"
+    config = resolve_llm("local")
+    assert facts_for(config).context_window == window
+    chats = [r for r in llm_server.requests if r.path == "/v1/chat/completions"]
+    assert all(r.body and r.body["max_tokens"] <= 300 for r in chats)

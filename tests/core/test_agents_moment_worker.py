@@ -124,3 +124,61 @@ def test_cli_processes_many_files(
     with_broken = CliRunner().invoke(cli, [*args[:3], "--file", str(root / f"{BROKEN}_input.json")])
     assert with_broken.exit_code == 1
     assert "line 78 column 20" in with_broken.output
+
+
+def _moment(name: str, start: str, end: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "content": f"{name}.",
+        "resource_timestamp": start,
+        "resource_ends_timestamp": end,
+        "moment_type": "meeting",
+    }
+
+
+async def test_fewer_moments_on_reprocessing_replace_the_old_rows(
+    llm_server: FakeLLMServer, database: Database, tmp_path: Path
+) -> None:
+    """A transcript processed again that now yields one moment instead of three keeps one row;
+    another transcript's moments are untouched (SQLite, PostgreSQL, MariaDB)."""
+
+    def transcript(tid: str) -> dict[str, Any]:
+        return {
+            "transcript_id": tid,
+            "source_uri": f"s3://rec/{tid}.wav",
+            "start_timestamp": "2025-01-13T09:00:00Z",
+            "end_timestamp": "2025-01-13T10:00:00Z",
+            "segments": [{"timestamp": "2025-01-13T09:00:00Z", "speaker_id": "s", "text": "Hi."}],
+        }
+
+    three = {
+        "moments": [
+            _moment("A", "2025-01-13T09:00:00Z", "2025-01-13T09:20:00Z"),
+            _moment("B", "2025-01-13T09:20:00Z", "2025-01-13T09:40:00Z"),
+            _moment("C", "2025-01-13T09:40:00Z", "2025-01-13T10:00:00Z"),
+        ],
+        "analysis_summary": "Three.",
+    }
+    one = {
+        "moments": [_moment("All", "2025-01-13T09:00:00Z", "2025-01-13T10:00:00Z")],
+        "analysis_summary": "One.",
+    }
+    worker = MomentWorker(database)
+    llm_server.replies.extend([three, three])
+    await worker.process_many("t", {"a.json": transcript("a"), "b.json": transcript("b")})
+    assert len(await database.list_moments("t")) == 6
+
+    llm_server.replies.append(one)
+    run = await worker.process_many("t", {"a.json": transcript("a")})
+    assert run.moments == 1
+    stored = await database.list_moments("t")
+    by_uri: dict[str | None, list[str]] = {}
+    for m in stored:
+        by_uri.setdefault(m.uri, []).append(m.name)
+    assert by_uri == {"s3://rec/a.wav": ["All"], "s3://rec/b.wav": ["A", "B", "C"]}
+
+    # The database method on its own: an empty set empties the source, nothing else.
+    assert await database.replace_moments("t", [], uri="s3://rec/b.wav") == 3
+    assert [m.name for m in await database.list_moments("t")] == ["All"]
+    with pytest.raises(ValueError):
+        await database.replace_moments("t", [])

@@ -234,7 +234,7 @@ async def test_batch_submit_then_completion_idempotent(
         assert params["tools"][0]["input_schema"] == DreamModel.model_json_schema()
         assert params["tool_choice"]["name"] == "DreamModel"
         assert params["system"] == DreamModel.system_prompt()
-        assert item["custom_id"] == job.payload["custom_id"]
+        assert [item["custom_id"]] == job.payload["custom_ids"]
     batch_id = jobs[0].payload["batch_id"]
     assert batch_id.startswith("msgbatch_") and jobs[1].payload["batch_id"] == batch_id
     stored = await database.list_jobs(job_type="dreaming", status=JobStatus.SUBMITTED)
@@ -261,6 +261,72 @@ async def test_batch_submit_then_completion_idempotent(
     after = {j.id: j.model_dump() for j in await database.list_jobs(job_type="dreaming")}
     assert after == before
     assert len(llm_server.requests) == requests_before  # nothing left to ask about
+
+
+async def test_large_tenant_batched_in_parts_merged_on_completion(
+    llm_server: FakeLLMServer, sqlite_database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant whose data exceeds one call: several requests in the batch (every document in
+    exactly one), merged on completion like a direct run, with the one summary call."""
+    contents = await load_corpus_tenant(sqlite_database, "tenant-big")
+    from p8fs.agents import DreamModel
+    from p8fs.agents.config import resolve_llm
+    from p8fs.agents.runtime import prompt_overhead
+
+    biggest = max(count_tokens(text) for text in contents.values())
+    overhead = prompt_overhead(DreamModel, None, resolve_llm()) + 100
+    monkeypatch.setenv("P8FS_LLM_CONTEXT_TOKENS", str(overhead + biggest + 200))
+
+    def reply(request: RecordedRequest) -> dict[str, Any]:
+        if request.forced_tool == "ExecutiveSummary":
+            goals = re.findall(r"goal: (.*)", request.user_text)
+            return {"executive_summary": f"FINAL over {len(goals)} goals", "key_themes": ["x"]}
+        return dream_from_request(request)
+
+    llm_server.responder = reply
+    worker = DreamingWorker(sqlite_database, limits=DreamingLimits(token_budget=1_000_000))
+    [job] = await worker.process_batch(["tenant-big"])
+    assert job.status == JobStatus.SUBMITTED, job.error
+    [create] = [r for r in llm_server.requests if r.path == "/v1/messages/batches"]
+    assert create.body is not None
+    items = create.body["requests"]
+    assert len(items) == job.payload["parts"] > 1
+    assert [i["custom_id"] for i in items] == job.payload["custom_ids"]
+    texts = [i["params"]["messages"][0]["content"] for i in items]
+    for name in contents:
+        assert sum(f"## Document {name} " in t for t in texts) == 1, name
+    assert all(f"of {len(items)} of the input" in t for t in texts)
+
+    llm_server.end_batches()
+    [done] = await worker.process_completion()
+    assert done.status == JobStatus.COMPLETED, done.error
+    assert done.result is not None
+    # Merged like a direct run: goals unioned over the parts, one final summary call made
+    # directly (not batched), document count the input's.
+    summaries = [r for r in llm_server.message_requests() if r.forced_tool == "ExecutiveSummary"]
+    assert len(summaries) == 1
+    goals = [g["goal"] for g in done.result["goals"]]
+    assert len(goals) == len(set(goals)) and "Launch Project Alpha in Q1" in goals
+    assert done.result["executive_summary"].startswith("FINAL over")
+    assert done.result["user_id"] == "tenant-big"
+    assert done.result["metrics"]["total_documents_analyzed"] == len(contents) + 1
+    assert await worker.process_completion() == []
+
+
+async def test_batch_refused_on_a_server_without_batches(
+    llm_server: FakeLLMServer, sqlite_database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A self-hosted server whose /v1/batches is 404 (llama.cpp, Ollama): a clear refusal
+    before any data is collected or any job written."""
+    await load_corpus_tenant(sqlite_database, "tenant-local")
+    monkeypatch.setenv("P8FS_LLM_BASE_URL", llm_server.url + "/nobatches/v1")
+    worker = DreamingWorker(sqlite_database, model="local-model")
+    from p8fs.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as info:
+        await worker.process_batch(["tenant-local"])
+    assert "no Batches API" in str(info.value) and "--mode direct" in str(info.value)
+    assert await sqlite_database.list_jobs(tenant_id="tenant-local") == []
 
 
 async def test_batch_result_that_does_not_validate_fails_that_job(
@@ -375,7 +441,7 @@ async def test_openai_model_goes_through_openai_batch_api(
     [line] = [
         json.loads(x) for x in upload.raw.decode().split("\r\n") if x.startswith('{"custom_id"')
     ]
-    assert line["custom_id"] == job.payload["custom_id"]
+    assert [line["custom_id"]] == job.payload["custom_ids"]
     assert line["body"]["model"] == "gpt-4o-mini"
     assert line["body"]["tool_choice"]["function"]["name"] == "DreamModel"
     from p8fs.agents import DreamModel

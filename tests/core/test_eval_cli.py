@@ -208,11 +208,60 @@ def test_the_whole_corpus_folder(
         for key, value in want.items():
             assert got[key] == pytest.approx(value), (path.name, key)
             totals[key] = totals.get(key, 0.0) + value
+    # The mean counts every case, a failed one as 0; mean_scored is over the scored ones.
     for key, total in totals.items():
-        assert report["mean"][key] == pytest.approx(total / len(by_case)), key
+        assert report["mean_scored"][key] == pytest.approx(total / len(by_case)), key
+        assert report["mean"][key] == pytest.approx(total / len(inputs)), key
+    assert report["failed"] == len(broken)
     # The corpus has several moment types, so type agreement is neither all nor nothing.
     assert 0 < report["mean"]["type_agreement"] < 1
     assert "error:" in result.stderr and "line 78 column 20" in result.stderr
+
+    # The table (on stdout: the result went to a file) lists every case in input order, each
+    # on one line, the failed one where it falls, and a mean of all of them.
+    rows = [line for line in result.stdout.splitlines() if "_input.json" in line]
+    names = [str(p.relative_to(samples)) for p in inputs]
+    assert [next(n for n in names if n in row) for row in rows] == names
+    [failed_row] = [row for row in rows if "failed" in row]
+    assert str(broken[0].relative_to(samples)) in failed_row
+    assert f"mean of {len(inputs)} ({len(broken)} failed, as 0)" in result.stdout
+
+
+def test_output_on_stdout_keeps_the_table_off_it(
+    llm_server: FakeLLMServer, samples: Path, expected_by_transcript
+) -> None:
+    """``-o -``: the YAML on stdout parses; the table goes to stderr."""
+    llm_server.responder = answer_from_corpus(expected_by_transcript, corpus_moment_reply)
+    result = run_eval("--file", str(samples / "tenant_1"), "-o", "-", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    outputs = json.loads(result.stdout)
+    assert set(outputs) == {str(p.name) for p in (samples / "tenant_1").glob("*_input.json")}
+    assert "mean of" in result.stderr and "mean of" not in result.stdout
+
+
+def test_model_failure_is_one_line_with_the_last_error(
+    llm_server: FakeLLMServer, samples: Path
+) -> None:
+    """Output that never validates: one line naming the *last* attempt's error, no instructor
+    ERROR lines, no raw dump; -v adds every attempt's error."""
+
+    def bad(request: RecordedRequest) -> dict[str, Any]:
+        attempt = sum(1 for r in llm_server.message_requests())
+        return {"moments": [{"name": f"attempt {attempt}"}], "analysis_summary": "x"}
+
+    llm_server.responder = bad
+    case = str(samples / f"{STANDUP}_input.json")
+    result = run_eval("--file", case, "--max-retries", "1")
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert "did not validate after 2 attempt(s); last error: moments.0" in lines[0]
+    assert "failed_attempts" not in result.output and "ERROR" not in result.output
+    assert "attempt 1" not in result.output
+
+    verbose = run_eval("--file", case, "--max-retries", "1", "-v")
+    assert verbose.exit_code == 1
+    assert "attempt 1:" in verbose.stderr and "attempt 2:" in verbose.stderr
 
 
 def test_unknown_agent_is_a_usage_error(samples: Path) -> None:

@@ -31,6 +31,32 @@ M = TypeVar("M", bound=BaseModel)
 FollowUpCall = Callable[[type[M], str], Awaitable[M]]
 
 
+async def write_summary(
+    call: FollowUpCall[Any],
+    response_model: type[M],
+    agent_input: AgentInput,
+    findings: dict[str, Any],
+    partial_summaries: list[str],
+) -> M:
+    """The one final call both agents make after merging parts: the merged findings and the
+    parts' own summaries in, a summary of the whole out.
+
+    Joining the partial summaries would read as N disconnected paragraphs, and keeping one
+    would drop the others; so every agent that merges writes its summary this same way, in
+    direct and batch runs alike.
+    """
+    import yaml
+
+    items = agent_input.context.get("documents") or len(agent_input.records)
+    text = (
+        f"{agent_input.header}\n\nMerged findings of {items} items, analysed in parts:\n\n"
+        + yaml.safe_dump(findings, sort_keys=False, allow_unicode=True)
+        + "\nPartial summaries:\n\n"
+        + "\n\n".join(f"- {s}" for s in partial_summaries if s)
+    )
+    return await call(response_model, text)
+
+
 @dataclass
 class AgentInput:
     """An agent's input, ready for the runtime to chunk and send.
@@ -92,6 +118,17 @@ class Agent(BaseModel):
     async def finalize(cls, merged: Self, call: FollowUpCall[Any], agent_input: AgentInput) -> Self:
         """After a merge: one more call if the merged result needs it (default: none)."""
         return merged
+
+    @classmethod
+    def repair(cls, output: dict[str, Any] | None, agent_input: AgentInput) -> Self | None:
+        """The last attempt's output made valid by a documented, deterministic repair of this
+        agent's own, or ``None`` (the default: the run fails with the validation error).
+
+        ``output`` is the last answer's JSON as the service returned it. The runtime has
+        already tried it as it is, leniently parsed (see
+        :func:`p8fs.agents.runtime.structured_call`); content is never invented here.
+        """
+        return None
 
     # -- running ------------------------------------------------------------------------
     @classmethod

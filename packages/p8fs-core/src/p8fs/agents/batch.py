@@ -20,6 +20,7 @@ from p8fs.agents.base import Agent, AgentInput
 from p8fs.agents.config import LLMConfig
 from p8fs.agents.errors import AgentOutputError
 from p8fs.agents.runtime import system_prompt_of, tool_definition, translate_error
+from p8fs.errors import ConfigurationError
 
 BatchState = Literal["in_progress", "ended", "failed"]
 
@@ -31,6 +32,8 @@ class BatchRequest:
     custom_id: str
     agent: type[Agent]
     user_text: str
+    #: The answer's budget (default P8FS_LLM_MAX_OUTPUT_TOKENS), sized to the window.
+    max_tokens: int | None = None
 
 
 @dataclass
@@ -48,7 +51,7 @@ def anthropic_params(request: BatchRequest, config: LLMConfig) -> dict[str, Any]
     name = request.agent.__name__
     return {
         "model": config.model,
-        "max_tokens": config.max_output_tokens,
+        "max_tokens": request.max_tokens or config.max_output_tokens,
         "system": request.agent.system_prompt(),
         "messages": [{"role": "user", "content": request.user_text}],
         "tools": [tool_definition(request.agent)],
@@ -65,7 +68,7 @@ def openai_line(request: BatchRequest, config: LLMConfig) -> dict[str, Any]:
         "url": "/v1/chat/completions",
         "body": {
             "model": config.model,
-            "max_tokens": config.max_output_tokens,
+            "max_tokens": request.max_tokens or config.max_output_tokens,
             "messages": [
                 {"role": "system", "content": system_prompt_of(request.agent)},
                 {"role": "user", "content": request.user_text},
@@ -104,6 +107,37 @@ def _openai_client(config: LLMConfig) -> Any:
     )
 
 
+def no_batches(config: LLMConfig, what: str) -> ConfigurationError:
+    where = config.base_url or "ANTHROPIC_BASE_URL"
+    return ConfigurationError(
+        f"the {config.provider} server at {where} has no Batches API ({what}): batch mode needs "
+        "a service with one (Anthropic's Message Batches, OpenAI's Batch API); run the dreaming "
+        "worker with --mode direct for this server",
+        setting="P8FS_LLM_BASE_URL" if config.base_url else "ANTHROPIC_BASE_URL",
+    )
+
+
+async def ensure_batches(config: LLMConfig) -> None:
+    """Refuse batch mode up front on a self-hosted server without a Batches API.
+
+    llama.cpp, Ollama and most self-hosted servers answer ``/v1/batches`` with 404; finding
+    that out only after collecting every tenant's data, with a bare 404, helps nobody.
+    """
+    if not config.self_hosted or config.base_url is None:
+        return
+    import httpx
+
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    url = config.base_url.rstrip("/") + "/batches"
+    try:
+        async with httpx.AsyncClient(timeout=10.0, headers=headers) as http:
+            response = await http.get(url, params={"limit": 1})
+    except httpx.HTTPError:
+        return  # unreachable now: the submission will say so, classified as transient
+    if response.status_code in (404, 405, 501):
+        raise no_batches(config, f"GET {url} answered {response.status_code}")
+
+
 async def submit_batch(requests: list[BatchRequest], config: LLMConfig) -> str:
     """Submit the requests as one batch; returns the provider's batch id."""
     if not requests:
@@ -128,6 +162,8 @@ async def submit_batch(requests: list[BatchRequest], config: LLMConfig) -> str:
             )
             return str(obatch.id)
     except Exception as exc:
+        if getattr(exc, "status_code", None) in (404, 405, 501):
+            raise no_batches(config, f"{type(exc).__name__} {exc.status_code}") from exc  # type: ignore[attr-defined]
         raise translate_error(exc, requests[0].agent, config) from exc
 
 
@@ -203,12 +239,19 @@ async def _fetch_openai(client: Any, batch_id: str, agent: type[Agent]) -> Batch
     return out
 
 
-def validate_output(agent: type[Agent], output: dict[str, Any], agent_input: AgentInput) -> Agent:
-    """A batch result as the agent: validated (same context as a direct run), then completed."""
+def validate_output(
+    agent: type[Agent], output: dict[str, Any], agent_input: AgentInput, *, complete: bool = True
+) -> Agent:
+    """A batch result as the agent: validated (same context as a direct run), then completed
+    (``complete=False`` for one part of several, completed after the merge)."""
     try:
         result = agent.model_validate(output, context=agent_input.context)
     except ValidationError as exc:
+        from p8fs.agents.runtime import describe_error
+
         raise AgentOutputError(
-            f"{agent.__name__}: the batch result does not validate: {exc}", attempts=1
+            f"{agent.__name__}: the batch result does not validate: {describe_error(exc)}",
+            attempts=1,
+            last_error=str(exc),
         ) from exc
-    return agent.postprocess(result, agent_input)
+    return agent.postprocess(result, agent_input) if complete else result

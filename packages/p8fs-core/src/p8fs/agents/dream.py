@@ -13,12 +13,14 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field, field_validator
 
-from p8fs.agents.base import Agent, AgentInput, FollowUpCall
+from p8fs.agents.base import Agent, AgentInput, FollowUpCall, write_summary
 from p8fs.agents.errors import InvalidAgentInput
 from p8fs.models import Resource, Session
 from p8fs.providers import Section
 
 Priority = Literal["high", "medium", "low"]
+#: Between the parts' summaries in a merged (not yet finalized) result.
+PART_SEPARATOR = "\n\n"
 Timeline = Literal["short-term", "medium-term", "long-term"]
 
 
@@ -230,7 +232,7 @@ class DreamModel(Agent):
         total = sum(weights)
         return cls(
             user_id=next((p.user_id for p in parts if p.user_id), ""),
-            executive_summary="\n\n".join(
+            executive_summary=PART_SEPARATOR.join(
                 p.executive_summary for p in parts if p.executive_summary
             ),
             key_themes=_union_text([t for p in parts for t in p.key_themes]),
@@ -262,16 +264,8 @@ class DreamModel(Agent):
         findings = merged.model_dump(
             mode="json", exclude={"executive_summary", "analysis_id", "metrics"}
         )
-        import yaml
-
-        text = (
-            f"{agent_input.header}\n\nMerged findings of {agent_input.context.get('documents', '?')} "
-            "items, analysed in parts:\n\n"
-            + yaml.safe_dump(findings, sort_keys=False, allow_unicode=True)
-            + "\nPartial summaries:\n\n"
-            + merged.executive_summary
-        )
-        summary = await call(ExecutiveSummary, text)
+        partials = [p for p in merged.executive_summary.split(PART_SEPARATOR) if p]
+        summary = await write_summary(call, ExecutiveSummary, agent_input, findings, partials)
         merged.executive_summary = summary.executive_summary
         if summary.key_themes:
             merged.key_themes = _union_text([*summary.key_themes, *merged.key_themes])

@@ -38,6 +38,8 @@ FRAMING_TOKENS = 200
 ANSWER_SHARE = 3
 #: Smallest answer budget worth sending; below it the chunk is split instead.
 MIN_ANSWER_TOKENS = 256
+#: Tokens of the "(This is part i of n ...)" note added to a part's message.
+PART_NOTE_TOKENS = 40
 #: Calibrated counts are raised by this much: chunk edges and chat templates add a little.
 COUNT_SAFETY = 1.05
 
@@ -207,8 +209,15 @@ def window_of(config: LLMConfig) -> tuple[int | None, str]:
 
 
 def answer_reserve(config: LLMConfig, window: int) -> int:
-    """Tokens of the window kept for the answer when input is planned."""
-    return min(config.max_output_tokens, max(window // ANSWER_SHARE, MIN_ANSWER_TOKENS))
+    """Tokens of the window kept for the answer when input is planned: the answer itself, the
+    safety margin :func:`max_tokens_for` keeps, and the "part i of n" note."""
+    answer = min(config.max_output_tokens, max(window // ANSWER_SHARE, MIN_ANSWER_TOKENS))
+    return answer + window_margin(window) + PART_NOTE_TOKENS
+
+
+def window_margin(window: int) -> int:
+    """Tokens of the window never planned for: chat-template tokens we cannot count."""
+    return max(32, window // 50)
 
 
 def max_tokens_for(config: LLMConfig, prompt_tokens: int) -> int:
@@ -217,7 +226,7 @@ def max_tokens_for(config: LLMConfig, prompt_tokens: int) -> int:
     window, _ = window_of(config)
     if window is None:
         return config.max_output_tokens
-    margin = max(32, window // 50)
+    margin = window_margin(window)
     return max(1, min(config.max_output_tokens, window - prompt_tokens - margin))
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal, Self, cast, get_args
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from p8fs.agents.base import Agent, AgentInput
+from p8fs.agents.base import Agent, AgentInput, FollowUpCall, write_summary
 from p8fs.agents.transcripts import as_utc, iso, read_transcript
 from p8fs.models import Moment, PresentPerson
 
@@ -36,6 +36,17 @@ MOMENT_TYPES: tuple[str, ...] = get_args(MomentType)
 
 #: Slack allowed at the transcript's edges (timestamps are rounded to the second).
 BOUNDS_TOLERANCE = timedelta(seconds=1)
+#: Validation-context key: clamp moments into the transcript instead of rejecting them.
+REPAIR_TIMES = "repair_times"
+
+
+def _clamp(moment: ExtractedMoment, start: datetime, end: datetime) -> None:
+    """Move a moment's start and end inside ``[start, end]`` (flagged in its metadata)."""
+    new_start = min(max(moment.start, start), end)
+    new_end = min(max(moment.end, new_start), end)
+    if (new_start, new_end) != (moment.start, moment.end):
+        moment.resource_timestamp, moment.resource_ends_timestamp = new_start, new_end
+        moment.metadata["times_repaired"] = True
 
 
 def _dedupe(items: list[str]) -> list[str]:
@@ -93,8 +104,15 @@ class ExtractedMoment(BaseModel):
         return _dedupe(value)
 
     @model_validator(mode="after")
-    def _ordered(self) -> Self:
+    def _ordered(self, info: ValidationInfo) -> Self:
         if as_utc(self.resource_ends_timestamp) < as_utc(self.resource_timestamp):
+            if (info.context or {}).get(REPAIR_TIMES):
+                self.resource_timestamp, self.resource_ends_timestamp = (
+                    self.resource_ends_timestamp,
+                    self.resource_timestamp,
+                )
+                self.metadata["times_repaired"] = True
+                return self
             raise ValueError(
                 f"moment {self.name!r} ends ({iso(self.resource_ends_timestamp)}) before it "
                 f"starts ({iso(self.resource_timestamp)})"
@@ -108,6 +126,17 @@ class ExtractedMoment(BaseModel):
     @property
     def end(self) -> datetime:
         return as_utc(self.resource_ends_timestamp)
+
+
+class MomentsSummary(BaseModel):
+    """You write the analysis summary of a transcript that was classified into moments in
+    parts. You receive the merged moments (in time order) and each part's own summary.
+
+    Write analysis_summary: one or two sentences over the whole recording: what happened, who
+    was involved and how it felt, in time order. Use only what the moments say.
+    """
+
+    analysis_summary: str
 
 
 class MomentBuilder(Agent):
@@ -147,6 +176,9 @@ class MomentBuilder(Agent):
         """Every moment inside the transcript's bounds (when the caller passed them)."""
         context = info.context or {}
         start, end = context.get("start"), context.get("end")
+        if context.get(REPAIR_TIMES) and start is not None and end is not None:
+            for moment in self.moments:
+                _clamp(moment, as_utc(start), as_utc(end))
         problems = []
         for i, moment in enumerate(self.moments):
             if start is not None and moment.start < as_utc(start) - BOUNDS_TOLERANCE:
@@ -218,6 +250,21 @@ class MomentBuilder(Agent):
                 moment.metadata["transcript_id"] = ctx["transcript_id"]
         return result
 
+    @classmethod
+    def repair(cls, output: dict[str, Any] | None, agent_input: AgentInput) -> Self | None:
+        """Moments the model still placed outside the recording after its re-asks are clamped
+        to the recording (and flagged ``metadata.times_repaired``) rather than losing the
+        transcript's moments; any other problem still fails. Small local models get the shape
+        right (their servers enforce it with a grammar) but not the clock."""
+        if not output:
+            return None
+        from pydantic import ValidationError
+
+        try:
+            return cls.model_validate(output, context={**agent_input.context, REPAIR_TIMES: True})
+        except ValidationError:
+            return None
+
     # -- merging chunked input ---------------------------------------------------------
     @classmethod
     def merge(cls, parts: list[Self], agent_input: AgentInput) -> Self:
@@ -233,9 +280,35 @@ class MomentBuilder(Agent):
                 merged.append(moment.model_copy(deep=True))
         summaries = _dedupe([p.analysis_summary for p in parts if p.analysis_summary])
         result = cls.model_construct(
-            moments=merged, analysis_summary=" ".join(summaries), total_moments=len(merged)
+            moments=merged, analysis_summary="\n\n".join(summaries), total_moments=len(merged)
         )
         return cast(Self, result)
+
+    @classmethod
+    async def finalize(cls, merged: Self, call: FollowUpCall[Any], agent_input: AgentInput) -> Self:
+        """One call writes analysis_summary over the merged moments (as DreamModel does for its
+        executive summary), instead of gluing the parts' summaries together."""
+        findings = {
+            "moments": [
+                m.model_dump(
+                    mode="json",
+                    include={
+                        "name",
+                        "summary",
+                        "moment_type",
+                        "resource_timestamp",
+                        "resource_ends_timestamp",
+                        "emotion_tags",
+                        "topic_tags",
+                    },
+                )
+                for m in merged.moments
+            ]
+        }
+        partials = [p for p in merged.analysis_summary.split("\n\n") if p]
+        summary = await write_summary(call, MomentsSummary, agent_input, findings, partials)
+        merged.analysis_summary = summary.analysis_summary
+        return merged
 
     # -- storing ---------------------------------------------------------------------------
     def to_moments(self, tenant_id: str, *, source_resource_id: str | None = None) -> list[Moment]:

@@ -333,6 +333,38 @@ def user_message(agent_input: AgentInput, text: str, part: int, parts: int) -> s
 
 
 # -- one call ---------------------------------------------------------------------------------
+@dataclass
+class CallRecord:
+    """One answered call: how long it took and the tokens the service counted."""
+
+    seconds: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+@dataclass
+class UsageMeter:
+    """Collects every answered call made while it is installed (benchmarks, ``p8fs eval -v``)."""
+
+    calls: list[CallRecord] = field(default_factory=list)
+
+
+#: The meter calls are recorded in, if any (a context variable: concurrent runs keep theirs).
+USAGE: contextvars.ContextVar[UsageMeter | None] = contextvars.ContextVar(
+    "p8fs_agent_usage", default=None
+)
+
+
+def _record_usage(result: Any, seconds: float) -> None:
+    meter = USAGE.get()
+    if meter is None:
+        return
+    usage = getattr(getattr(result, "_raw_response", None), "usage", None)
+    prompt = getattr(usage, "prompt_tokens", None) or getattr(usage, "input_tokens", None)
+    completion = getattr(usage, "completion_tokens", None) or getattr(usage, "output_tokens", None)
+    meter.calls.append(CallRecord(seconds, prompt, completion))
+
+
 async def structured_call(
     client: Any,
     response_model: type[M],
@@ -360,11 +392,43 @@ async def structured_call(
             {"role": "system", "content": system},
             {"role": "user", "content": user_text},
         ]
+    import time
+
+    started = time.perf_counter()
     try:
         result: M = await client.create(**kwargs)
     except Exception as exc:
-        raise translate_error(exc, response_model, config) from exc
+        error = translate_error(exc, response_model, config)
+        lenient = _lenient(error, response_model, context)
+        if lenient is None:
+            raise error from exc
+        log.warning(
+            "%s: answer accepted once parsed leniently (%s)", response_model.__name__, error
+        )
+        return lenient
+    _record_usage(result, time.perf_counter() - started)
     return result
+
+
+def _lenient(error: P8fsError, model: type[M], context: dict[str, Any] | None) -> M | None:
+    """The last answer validated as it is, but parsed leniently.
+
+    pydantic's JSON parser is strict: it refuses raw control characters inside strings (a
+    newline that a llama.cpp grammar lets through), which instructor then re-asks about, at the
+    cost of a whole call, often in vain. Parsed as most JSON parsers do, the same answer is
+    validated once more with the same context; nothing in it is changed.
+    """
+    if type(error) is not AgentOutputError:
+        return None
+    raw = error.details.get("raw_output")
+    if not raw:
+        return None
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(raw, context=context)
+    except ValidationError:
+        return None
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -468,7 +532,37 @@ def translate_error(exc: BaseException, model: type[BaseModel], config: LLMConfi
         attempts=attempts,
         last_error=str(last),
         attempt_errors=[describe_error(f.exception, 1000) for f in failed],
+        raw_output=completion_json(failed[-1].completion) if failed else None,
     )
+
+
+def completion_json(completion: Any) -> dict[str, Any] | None:
+    """The JSON object a completion answered with (tool call arguments, a tool_use block's
+    input, or JSON text), as the service returned it; ``None`` when there is none."""
+    candidates: list[Any] = []
+    for block in getattr(completion, "content", None) or []:  # Anthropic Message
+        if getattr(block, "type", None) == "tool_use":
+            candidates.append(getattr(block, "input", None))
+        elif getattr(block, "type", None) == "text":
+            candidates.append(getattr(block, "text", None))
+    for choice in (getattr(completion, "choices", None) or [])[:1]:  # OpenAI chat completion
+        message = choice.message
+        candidates += [c.function.arguments for c in (message.tool_calls or []) if c.function]
+        candidates.append(message.content)
+    for candidate in candidates:
+        if isinstance(candidate, dict):
+            return candidate
+        if isinstance(candidate, str) and candidate.strip():
+            text = candidate.strip().removeprefix("```json").removeprefix("```")
+            try:
+                # strict=False: raw control characters inside strings (a newline a grammar
+                # let through) are accepted here, as most JSON parsers do.
+                value = json.loads(text.removesuffix("```").strip(), strict=False)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return None
 
 
 def _error_text(err: BaseException) -> str:
@@ -538,6 +632,21 @@ async def close_client(client: Any) -> None:
         await close()
 
 
+async def merge_results(
+    cls: type[A], results: list[A], agent_input: AgentInput, config: LLMConfig
+) -> A:
+    """Finish results made elsewhere (a batch's parts) exactly as a direct run finishes its
+    parts: merged the agent's way, then its final call (made directly), then postprocessed."""
+    if len(results) == 1:
+        return cls.postprocess(results[0], agent_input)
+    client = make_client(config)
+    try:
+        finished: A = await _Run(cls, agent_input, client, config, 1.0).finish(list(results))
+        return finished
+    finally:
+        await close_client(client)
+
+
 #: How often one part may be re-planned (a learned window, a cut-off answer) before giving up.
 MAX_REPLANS = 6
 
@@ -568,7 +677,10 @@ class _Run:
             total,
         )
         nested = await asyncio.gather(*(one(i, p) for i, p in enumerate(parts)))
-        results = [r for group in nested for r in group]
+        return await self.finish([r for group in nested for r in group])
+
+    async def finish(self, results: list[Any]) -> Any:
+        """One result as it is; several merged the agent's way, then its final call."""
         if len(results) == 1:
             return self.cls.postprocess(results[0], self.agent_input)
         merged = self.cls.merge(results, self.agent_input)
@@ -590,6 +702,8 @@ class _Run:
     async def solve(
         self, part: Part, number: int, total: int, limiter: asyncio.Semaphore, depth: int
     ) -> list[Any]:
+        """Answer one part; a part that does not fit or whose answer is cut off is split (the
+        window learned from the error where there was one) and each piece answered."""
         text = user_message(self.agent_input, part.text, number, total)
         prompt = prompt_overhead(self.cls, self.agent_input, self.config, self.ratio)
         prompt += count_tokens(text, self.config, self.ratio)
@@ -612,8 +726,11 @@ class _Run:
             return [result]
         except AgentContextError as exc:
             if exc.prompt_tokens and exc.prompt_tokens > prompt:
+                # The server counted more than we did (its chat template, a schema it shows):
+                # later estimates add the difference (parts failing together add it once).
                 facts = facts_for(self.config)
-                facts.prompt_correction += exc.prompt_tokens - prompt
+                needed = facts.prompt_correction + exc.prompt_tokens - prompt
+                facts.prompt_correction = max(facts.prompt_correction, needed)
             if depth >= MAX_REPLANS:
                 raise
             smaller = plan_parts(self.cls, self.agent_input, self.config, self.ratio, part.records)
@@ -621,16 +738,20 @@ class _Run:
                 if len(part.records) == 1:
                     raise
                 smaller = self._halves(part)
-            self.splits.append(f"part {number}: {exc}")
-            log.info(
-                "%s: re-planned part %d into %d (%s)", self.cls.__name__, number, len(smaller), exc
-            )
+            reason: str = str(exc)
         except AgentTruncatedError as exc:
             if len(part.records) == 1 or depth >= MAX_REPLANS:
                 raise
             smaller = self._halves(part)
-            self.splits.append(f"part {number}: {exc}")
-            log.info("%s: part %d cut off; split in two (%s)", self.cls.__name__, number, exc)
+            reason = str(exc)
+        except AgentOutputError as exc:
+            repaired = self.cls.repair(exc.details.get("raw_output"), self.agent_input)
+            if repaired is None:
+                raise
+            log.warning("%s: part %d kept after repair (%s)", self.cls.__name__, number, exc)
+            return [repaired]
+        self.splits.append(f"part {number}: {reason}")
+        log.info("%s: part %d split into %d (%s)", self.cls.__name__, number, len(smaller), reason)
         groups = await asyncio.gather(
             *(self.solve(p, number, total, limiter, depth + 1) for p in smaller)
         )

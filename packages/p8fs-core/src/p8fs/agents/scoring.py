@@ -198,35 +198,48 @@ def score_case(
     )
 
 
-def mean_scores(scores: list[CaseScore]) -> dict[str, float]:
-    """The average of each measure over the cases."""
-    if not scores:
+def mean_scores(scores: list[CaseScore], failed: int = 0) -> dict[str, float]:
+    """The average of each measure over the cases; ``failed`` cases (no output) count as 0,
+    so a model that fails often cannot look good by being scored only where it worked."""
+    total = len(scores) + failed
+    if not total:
         return dict.fromkeys(SCORE_FIELDS, 0.0)
-    return {f: sum(getattr(s, f) for s in scores) / len(scores) for f in SCORE_FIELDS}
+    return {f: sum(getattr(s, f) for s in scores) / total for f in SCORE_FIELDS}
 
 
-def score_table(scores: list[CaseScore], failures: dict[str, str] | None = None) -> Any:
-    """A rich table: one row per case, failed cases marked (their errors are printed apart),
-    the mean last."""
+def score_table(
+    scores: list[CaseScore],
+    failures: dict[str, str] | None = None,
+    *,
+    order: list[str] | None = None,
+) -> Any:
+    """A rich table: one row per case in input order (``order``), failed cases marked where
+    they fall (their errors are printed apart), then the mean over *every* case with failures
+    counted as 0, and how many failed."""
     from rich.table import Table
 
+    failures = failures or {}
+    by_case = {s.case: s for s in scores}
+    order = order or [*by_case, *(c for c in failures if c not in by_case)]
     table = Table(title="MomentBuilder eval", show_lines=False)
-    table.add_column("case", overflow="fold")
+    table.add_column("case", no_wrap=True)
     table.add_column("moments exp/got", justify="right")
     for label in ("type", "emotion J", "topic J", "time IoU", "person P", "person R"):
         table.add_column(label, justify="right")
-    for s in scores:
+    for case in order:
+        s = by_case.get(case)
+        if s is None:
+            table.add_row(case, "[red]failed[/red]", *("-" for _ in SCORE_FIELDS))
+            continue
         table.add_row(
             s.case,
             f"{s.expected_moments}/{s.predicted_moments}",
             *(f"{getattr(s, f):.2f}" for f in SCORE_FIELDS),
         )
-    for case in failures or {}:
-        table.add_row(case, "[red]failed[/red]", *("-" for _ in SCORE_FIELDS))
-    if scores:
-        means = mean_scores(scores)
+    failed = sum(1 for case in order if case not in by_case)
+    if order:
+        means = mean_scores(scores, failed=failed)
         table.add_section()
-        table.add_row(
-            f"mean of {len(scores)}", "", *(f"{means[f]:.2f}" for f in SCORE_FIELDS), style="bold"
-        )
+        label = f"mean of {len(order)}" + (f" ({failed} failed, as 0)" if failed else "")
+        table.add_row(label, "", *(f"{means[f]:.2f}" for f in SCORE_FIELDS), style="bold")
     return table

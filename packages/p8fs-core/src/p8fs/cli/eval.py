@@ -67,21 +67,47 @@ def _render(results: dict[str, Any], fmt: str, single: bool) -> str:
 
 async def _run_cases(
     agent: type[Any], cases: list[Path], root: Path, options: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, str]]:
+) -> tuple[dict[str, Any], dict[str, Exception]]:
+    """Run every case in order; a case's failure is kept (its error object, for ``-v``)."""
     from p8fs.errors import ConfigurationError, P8fsError
 
     results: dict[str, Any] = {}
-    failures: dict[str, str] = {}
+    failures: dict[str, Exception] = {}
     for path in cases:
-        name = str(path.relative_to(root)) if path != root else path.name
+        name = _case_name(path, root)
         try:
             data = _read_input(agent, path)
             results[name] = await agent.arun(data, **options)
         except ConfigurationError:
             raise  # the same for every case: stop at once with the message
         except P8fsError as exc:
-            failures[name] = str(exc)
+            failures[name] = exc
     return results, failures
+
+
+def _case_name(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path != root else path.name
+
+
+def _details(exc: Exception) -> list[str]:
+    """The ``-v`` lines of a failure: each attempt's error, then the last error in full."""
+    details = getattr(exc, "details", {}) or {}
+    lines = [f"  attempt {i}: {e}" for i, e in enumerate(details.get("attempt_errors") or [], 1)]
+    if details.get("last_error"):
+        lines.append("  last error in full:")
+        lines += ["    " + line for line in str(details["last_error"]).splitlines()]
+    return lines
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """instructor logs every failed attempt at ERROR on its own; the command reports failures
+    itself (one line each, details with -v), so those lines are kept out unless asked for."""
+    import logging
+
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    else:
+        logging.getLogger("instructor").setLevel(logging.CRITICAL)
 
 
 @click.command("eval")
@@ -115,9 +141,9 @@ async def _run_cases(
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     default=None,
-    help="Write the output here instead of stdout.",
+    help="Write the output here instead of stdout ('-' is stdout).",
 )
 @click.option(
     "--expected",
@@ -135,6 +161,9 @@ async def _run_cases(
 @click.option(
     "--max-retries", type=int, default=None, help="Re-asks after invalid output (default 2)."
 )
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Log progress; show every attempt's error on failure."
+)
 def eval_command(
     agent_name: str,
     file_: Path,
@@ -144,6 +173,7 @@ def eval_command(
     expected: Path | None,
     scores_path: Path | None,
     max_retries: int | None,
+    verbose: bool,
 ) -> None:
     """Run an agent over a transcript (or a folder of test cases) and print its output.
 
@@ -190,22 +220,32 @@ def eval_command(
         )
 
     options: dict[str, Any] = {"model": model, "max_retries": max_retries}
+    _quiet_libraries(verbose)
     try:
         results, failures = asyncio.run(_run_cases(agent, cases, root, options))
     except P8fsError as exc:
         raise click.ClickException(str(exc)) from exc
     if not folder and failures:
-        raise click.ClickException(next(iter(failures.values())))
+        [(name, error)] = failures.items()
+        for line in _details(error) if verbose else []:
+            click.echo(line, err=True)
+        raise click.ClickException(str(error))
 
     text = _render(results, fmt, single=not folder) if results else ""
-    if output is not None:
+    to_stdout = output is None or str(output) in ("-", "/dev/stdout")
+    if to_stdout:
+        if text:
+            click.echo(text, nl=False)
+    else:
+        assert output is not None
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text, encoding="utf-8")
-    elif text:
-        click.echo(text, nl=False)
 
-    # A table goes to stderr when stdout carries the YAML/JSON, so that output stays parseable.
-    console = Console(stderr=output is None, width=140)
+    # The table never shares stdout with the YAML/JSON, so that output stays parseable.
+    names = [_case_name(p, root) for p in cases]
+    width = max(100, max(len(n) for n in names) + 70)
+    console = Console(stderr=to_stdout, width=width)
+    problems = {name: str(exc) for name, exc in failures.items()}
     if pairs:
         scores = []
         for name, exp_path in pairs.items():
@@ -215,21 +255,30 @@ def eval_command(
                 exp_data = parse_json_text(exp_path.read_text(encoding="utf-8"), str(exp_path))
                 scores.append(score_case(name, results[name], exp_data))
             except (P8fsError, ValueError, TypeError) as exc:
-                failures[name] = f"expected file {exp_path.name} unusable: {exc}"
-        console.print(score_table(scores, failures))
+                problems[name] = f"expected file {exp_path.name} unusable: {exc}"
+        scored = {s.case for s in scores}
+        judged = [n for n in names if n in pairs or n in problems]
+        console.print(score_table(scores, problems, order=judged))
         if scores_path is not None:
+            failed = [n for n in judged if n not in scored]
             scores_path.write_text(
                 json.dumps(
                     {
                         "cases": [s.as_dict() for s in scores],
-                        "mean": mean_scores(scores),
-                        "failures": failures,
+                        "mean": mean_scores(scores, failed=len(failed)),
+                        "mean_scored": mean_scores(scores),
+                        "failed": len(failed),
+                        "failures": {n: problems.get(n, "no score") for n in failed},
                     },
                     indent=2,
                 ),
                 encoding="utf-8",
             )
-    for name, error in failures.items():
-        click.echo(f"error: {name}: {error}", err=True)
-    if failures:
+    for name in names:
+        if name in problems:
+            click.echo(f"error: {name}: {problems[name]}", err=True)
+            if verbose and name in failures:
+                for line in _details(failures[name]):
+                    click.echo(line, err=True)
+    if problems:
         sys.exit(1)

@@ -592,6 +592,46 @@ class Database:
         rows = [_to_row(m, schema.moments) for m in moments]
         await self._write(lambda conn: self._upsert(conn, schema.moments, rows))
 
+    async def replace_moments(
+        self,
+        tenant_id: str,
+        moments: Sequence[Moment],
+        *,
+        uri: str | None = None,
+        source_resource_id: str | None = None,
+    ) -> int:
+        """Make ``moments`` the only moments of one source, in one transaction.
+
+        The source is the tenant's moments with this ``uri`` or this ``source_resource_id``
+        (either or both). Processing a transcript again may yield fewer moments than before;
+        an upsert alone would keep the old extra rows, so those are deleted in the same
+        transaction that writes the new ones (readers never see the source half-replaced).
+        Returns how many old rows were deleted.
+        """
+        if uri is None and source_resource_id is None:
+            raise ValueError("replace_moments needs the source: uri or source_resource_id")
+        if any(m.tenant_id != tenant_id for m in moments):
+            raise ValueError(f"replace_moments: every moment must belong to tenant {tenant_id!r}")
+        t = schema.moments
+        rows = [_to_row(m, schema.moments) for m in moments]
+        same_source = []
+        if uri is not None:
+            same_source.append(t.c.uri == uri)
+        if source_resource_id is not None:
+            same_source.append(t.c.source_resource_id == source_resource_id)
+        keep = [row["id"] for row in rows]
+
+        def replace(conn: Connection) -> int:
+            stmt = delete(t).where(t.c.tenant_id == tenant_id, or_(*same_source))
+            if keep:
+                stmt = stmt.where(t.c.id.not_in(keep))
+            deleted = conn.execute(stmt).rowcount
+            if rows:
+                self._upsert(conn, t, rows)
+            return int(deleted or 0)
+
+        return int(await self._write(replace))
+
     async def list_moments(self, tenant_id: str, limit: int = 1000) -> list[Moment]:
         """A tenant's moments in time order (moments without a timestamp last)."""
         t = schema.moments

@@ -7,10 +7,12 @@ Three modes, as the original's CLI::
     python -m p8fs.workers.dreaming process --completion                  # collect batches
 
 Direct mode runs the agent and stores the job COMPLETED (or FAILED with an ``errors`` row).
-Batch mode submits one request per tenant through Anthropic's Message Batches API (OpenAI's
-Batch API for OpenAI models) and records a SUBMITTED job per tenant holding the batch id.
-Completion finds SUBMITTED jobs, fetches the batches that ended, validates each tool result with
-:class:`DreamModel` and stores it, COMPLETED or FAILED. A job leaves SUBMITTED exactly once, so
+Batch mode submits a tenant's data through Anthropic's Message Batches API (OpenAI's Batch API
+for OpenAI models) as one request, or several when it exceeds one call, and records a SUBMITTED
+job per tenant holding the batch id. Completion finds SUBMITTED jobs, fetches the batches that
+ended, validates each part with :class:`DreamModel`, merges the parts as a direct run does (the
+final summary call included) and stores the result, COMPLETED or FAILED. A server without a
+Batches API is refused up front with a message saying to use direct mode. A job leaves SUBMITTED exactly once, so
 running completion again changes nothing.
 """
 
@@ -38,8 +40,6 @@ log = logging.getLogger(__name__)
 
 JOB_TYPE = "dreaming"
 PROCESS = "dreaming-worker"
-#: Tokens kept free in a batch request beyond the prompt and schema.
-BATCH_MARGIN_TOKENS = 500
 
 
 @dataclass
@@ -48,8 +48,8 @@ class DreamingLimits:
 
     max_sessions: int = 100
     max_resources: int = 1000
-    #: Tokens of rendered data an analysis may read; ``None``: the model's context
-    #: (``P8FS_LLM_CONTEXT_TOKENS``). Direct runs split beyond one call; batch runs never do.
+    #: Tokens of rendered data an analysis may read; ``None``: ``P8FS_LLM_CONTEXT_TOKENS``.
+    #: Data beyond one call is split into parts (several requests in batch mode) and merged.
     token_budget: int | None = None
 
 
@@ -148,20 +148,23 @@ class DreamingWorker(DatabaseWorker):
 
     # -- batch ------------------------------------------------------------------------------
     async def process_batch(self, tenant_ids: list[str]) -> list[Job]:
-        """Submit one batch with a request per tenant; a SUBMITTED job per tenant holds its id.
+        """Submit one batch for the tenants; a SUBMITTED job per tenant holds the batch id.
 
-        Tenants without any data get no request (and a FAILED job saying so).
+        A tenant's data is collected as for a direct run and split the same way: a tenant whose
+        data exceeds one call gets several requests (its parts), merged on completion as a
+        direct run merges them. Tenants without any data get no request (and a FAILED job
+        saying so). A server without a Batches API is refused before anything is collected.
         """
-        from p8fs.agents.batch import BatchRequest, submit_batch
-        from p8fs.agents.runtime import plan_chunks, prompt_overhead, user_message
+        from p8fs.agents.batch import BatchRequest, ensure_batches, submit_batch
+        from p8fs.agents.limits import max_tokens_for
+        from p8fs.agents.runtime import plan_parts, prompt_overhead, user_message
+        from p8fs.tokens import count_tokens
 
         db = await self.database()
         config = self.config()
+        await ensure_batches(config)
         jobs: list[Job] = []
         requests: list[BatchRequest] = []
-        empty = AgentInput(header="# Data of user " + "x" * 64 + "\n", records=[])
-        budget = config.context_tokens - prompt_overhead(DreamModel, empty, config)
-        budget -= BATCH_MARGIN_TOKENS
         for tenant_id in tenant_ids:
             job = Job(
                 tenant_id=tenant_id,
@@ -170,27 +173,39 @@ class DreamingWorker(DatabaseWorker):
                 payload={"mode": "batch", "provider": config.provider, "model": config.model},
             )
             try:
-                data = await self.collect_user_data(tenant_id, token_budget=budget)
+                data = await self.collect_user_data(tenant_id)
                 agent_input = DreamModel.prepare_input(data)
-                [text] = plan_chunks(DreamModel, agent_input, config)  # one call by budget
+                parts = plan_parts(DreamModel, agent_input, config)
             except P8fsError as exc:
                 await self._fail(job, exc)
                 jobs.append(job)
                 continue
+            stem = job.id.replace("-", "")
+            custom_ids = [f"{stem}-{i}" for i in range(len(parts))]
             job.payload = {
                 **job.payload,
-                "custom_id": job.id.replace("-", ""),
+                "custom_ids": custom_ids,
+                "parts": len(parts),
+                "header": agent_input.header,
                 "context": agent_input.context,
                 "sessions": len(data.sessions),
                 "resources": len(data.resources),
+                "sessions_skipped": data.sessions_skipped,
+                "resources_skipped": data.resources_skipped,
+                "tokens": data.token_count,
             }
-            requests.append(
-                BatchRequest(
-                    custom_id=job.payload["custom_id"],
-                    agent=DreamModel,
-                    user_text=user_message(agent_input, text, 1, 1),
+            overhead = prompt_overhead(DreamModel, agent_input, config)
+            for i, (custom_id, part) in enumerate(zip(custom_ids, parts, strict=True)):
+                text = user_message(agent_input, part.text, i + 1, len(parts))
+                prompt = overhead + count_tokens(text, config.encoding)
+                requests.append(
+                    BatchRequest(
+                        custom_id=custom_id,
+                        agent=DreamModel,
+                        user_text=text,
+                        max_tokens=max_tokens_for(config, prompt),
+                    )
                 )
-            )
             jobs.append(job)
         pending = [j for j in jobs if j.status == JobStatus.PENDING]
         if not requests:
@@ -209,9 +224,15 @@ class DreamingWorker(DatabaseWorker):
         return jobs
 
     async def process_completion(self) -> list[Job]:
-        """Collect every submitted batch that has ended; returns the jobs that changed."""
+        """Collect every submitted batch that has ended; returns the jobs that changed.
+
+        A job's parts are validated, merged and finished with DreamModel's final summary call
+        (made directly, as in a direct run). If that call cannot be made now (the service is
+        down), the job stays SUBMITTED and the next completion run tries again.
+        """
         from p8fs.agents.batch import fetch_batch, validate_output
         from p8fs.agents.config import resolve_llm
+        from p8fs.agents.runtime import merge_results
 
         db = await self.database()
         submitted = await db.list_jobs(job_type=JOB_TYPE, status=JobStatus.SUBMITTED, limit=10_000)
@@ -236,19 +257,36 @@ class DreamingWorker(DatabaseWorker):
                 log.info("batch %s still %s", batch_id, results.detail)
                 continue
             for job in jobs:
-                custom_id = job.payload["custom_id"]
+                custom_ids = job.payload.get("custom_ids") or [job.payload["custom_id"]]
+                agent_input = AgentInput(
+                    header=str(job.payload.get("header") or ""),
+                    records=[],
+                    context=dict(job.payload.get("context") or {}),
+                )
                 try:
-                    if results.state == "failed":
-                        raise AgentOutputError(f"batch {batch_id} {results.detail}")
-                    if custom_id in results.errors:
-                        raise AgentOutputError(results.errors[custom_id])
-                    if custom_id not in results.outputs:
-                        raise AgentOutputError(f"batch {batch_id} has no result for {custom_id}")
-                    agent_input = AgentInput(
-                        header="", records=[], context=dict(job.payload.get("context") or {})
-                    )
-                    result = validate_output(DreamModel, results.outputs[custom_id], agent_input)
+                    parts = []
+                    for custom_id in custom_ids:
+                        if results.state == "failed":
+                            raise AgentOutputError(f"batch {batch_id} {results.detail}")
+                        if custom_id in results.errors:
+                            raise AgentOutputError(results.errors[custom_id])
+                        if custom_id not in results.outputs:
+                            raise AgentOutputError(
+                                f"batch {batch_id} has no result for {custom_id}"
+                            )
+                        parts.append(
+                            validate_output(
+                                DreamModel,
+                                results.outputs[custom_id],
+                                agent_input,
+                                complete=False,
+                            )
+                        )
+                    result = await merge_results(DreamModel, parts, agent_input, config)
                 except P8fsError as exc:
+                    if not exc.permanent:
+                        log.warning("job %s: final call failed now (%s); will retry", job.id, exc)
+                        continue
                     await self._fail(job, exc)
                     changed.append(job)
                     continue

@@ -3,8 +3,8 @@
 Transcripts come from files already ingested (their ``resources`` rows, re-joined into the file's
 text exactly, overlaps removed) or straight from paths and objects. One failing transcript (not
 JSON, no segments, a model that never produced valid output) gets an ``errors`` row and the run
-goes on with the others. Moment ids derive from tenant, source and start, so processing a
-transcript again updates its moments instead of adding copies.
+goes on with the others. Processing a transcript again replaces its moments in one transaction
+(``Database.replace_moments``): the new set in, rows the new run no longer finds out.
 
     python -m p8fs.workers.moments process --tenant-id T             # every ingested transcript
     python -m p8fs.workers.moments process --tenant-id T --file a.json --file b.json
@@ -69,12 +69,33 @@ class MomentWorker(DatabaseWorker):
         self.concurrency = concurrency
 
     async def process_transcript(
-        self, tenant_id: str, transcript: Any, *, source_resource_id: str | None = None
+        self,
+        tenant_id: str,
+        transcript: Any,
+        *,
+        source_resource_id: str | None = None,
+        source: str | None = None,
     ) -> list[Moment]:
-        """One transcript (Transcript, dict, path or text) → stored moments."""
-        result = await MomentBuilder.arun(transcript, model=self.model, settings=self.settings)
+        """One transcript (Transcript, dict, path or text) → its moments, replacing the old ones.
+
+        The transcript's moments are identified by its URI (the ``source_uri`` it states, else
+        ``source``: the ingested file or the path) and by the ingested resource: processing it
+        again replaces exactly that set in one transaction, so a run that finds fewer moments
+        leaves no stale rows behind.
+        """
+        agent_input = MomentBuilder.prepare_input(transcript)
+        key = agent_input.context.get("source_uri") or source or agent_input.source
+        result = await MomentBuilder.arun(agent_input, model=self.model, settings=self.settings)
         moments = result.to_moments(tenant_id, source_resource_id=source_resource_id)
-        await (await self.database()).store_moments(moments)
+        for moment in moments:
+            moment.uri = key or moment.uri
+        db = await self.database()
+        if key is None and source_resource_id is None:
+            await db.store_moments(moments)  # nothing identifies the transcript: add only
+        else:
+            await db.replace_moments(
+                tenant_id, moments, uri=key, source_resource_id=source_resource_id
+            )
         return moments
 
     async def process_many(
@@ -93,7 +114,10 @@ class MomentWorker(DatabaseWorker):
             async with limiter:
                 try:
                     run.stored[source] = await self.process_transcript(
-                        tenant_id, transcript, source_resource_id=resource_ids.get(source)
+                        tenant_id,
+                        transcript,
+                        source_resource_id=resource_ids.get(source),
+                        source=source,
                     )
                 except ConfigurationError:
                     raise  # the same for every transcript: stop the run
