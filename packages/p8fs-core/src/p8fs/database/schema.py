@@ -260,7 +260,14 @@ resource_embeddings = Table(
     **_MYSQL_OPTIONS,
 )
 Index("ix_resource_embeddings_file", resource_embeddings.c.tenant_id, resource_embeddings.c.file_id)
-Index("ix_resource_embeddings_model", resource_embeddings.c.tenant_id, resource_embeddings.c.model)
+# With created_at: the per-search "have the vectors changed" check (count, newest) reads the
+# index only, never the 100k vector rows themselves.
+Index(
+    "ix_resource_embeddings_model_created",
+    resource_embeddings.c.tenant_id,
+    resource_embeddings.c.model,
+    resource_embeddings.c.created_at,
+)
 
 jobs = Table(
     "jobs",

@@ -175,11 +175,17 @@ def keyword_query(
         fts = schema.SQLITE_FTS_TABLE
         # Each word quoted: FTS5 reads it as a plain string, never as an operator or column.
         params["match"] = " OR ".join(f'"{t}"' for t in terms)
+        # Rank inside a subquery that carries only (rowid, rank) through the sort; the chunk's
+        # text and file are read for the top k only (measured at 100k chunks: carrying them
+        # through the sorter made every query read and copy every matching chunk).
+        files_join = _JOIN if where else ""
         sql = (
-            f"SELECT {_SELECT}, -bm25({fts}) AS score FROM {fts} "
-            f"JOIN resources r ON r.rowid = {fts}.rowid {_JOIN} "
+            f"SELECT {_SELECT}, -t.rank AS score FROM ("
+            f"SELECT {fts}.rowid AS rid, bm25({fts}) AS rank FROM {fts} "
+            f"JOIN resources r ON r.rowid = {fts}.rowid {files_join} "
             f"WHERE {fts} MATCH :match AND r.tenant_id = :tenant{where} "
-            f"ORDER BY bm25({fts}) LIMIT :limit"
+            f"ORDER BY rank LIMIT :limit) t "
+            f"JOIN resources r ON r.rowid = t.rid {_JOIN} ORDER BY t.rank"
         )
     elif backend == "tsvector":
         return _tsvector_query(conn, tenant_id, terms, limit=limit, where=where, params=params,
