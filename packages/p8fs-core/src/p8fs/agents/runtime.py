@@ -473,6 +473,7 @@ def translate_error(exc: BaseException, model: type[BaseModel], config: LLMConfi
                 "larger context window",
                 attempts=1,
                 usage=str(usage) if usage is not None else None,
+                raw_text=_completion_text(completion),
             )
         status = getattr(err, "status_code", None)
         module = type(err).__module__.split(".", 1)[0]
@@ -534,6 +535,59 @@ def translate_error(exc: BaseException, model: type[BaseModel], config: LLMConfi
         attempt_errors=[describe_error(f.exception, 1000) for f in failed],
         raw_output=completion_json(failed[-1].completion) if failed else None,
     )
+
+
+def _completion_text(completion: Any) -> str | None:
+    """The raw text of an OpenAI-style answer (tool call arguments, else content)."""
+    for choice in (getattr(completion, "choices", None) or [])[:1]:
+        message = choice.message
+        for call in message.tool_calls or []:
+            if call.function and call.function.arguments:
+                return str(call.function.arguments)
+        if message.content:
+            return str(message.content)
+    return None
+
+
+def salvage(
+    model: type[M],
+    text: str | None,
+    context: dict[str, Any] | None,
+    max_drops: int = 8,
+    agent_input: AgentInput | None = None,
+) -> M | None:
+    """What a cut-off answer completed before it stopped, if that alone is valid.
+
+    The JSON prefix is parsed as far as it goes (an unfinished string or item is left out);
+    while it does not validate, the last item of its longest list (the one being written when
+    the answer stopped) is dropped and it is tried again. Nothing is made up: every value kept
+    is one the model wrote in full.
+    """
+    if not text:
+        return None
+    import pydantic_core
+    from pydantic import ValidationError
+
+    try:
+        data = pydantic_core.from_json(text, allow_partial=True)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    for _ in range(max_drops + 1):
+        try:
+            return model.model_validate(data, context=context)
+        except ValidationError:
+            if agent_input is not None and issubclass(model, Agent):
+                repaired = model.repair(dict(data), agent_input)
+                if repaired is not None:
+                    return repaired
+            lists = [k for k, v in data.items() if isinstance(v, list) and v]
+            if not lists:
+                return None
+            longest = max(lists, key=lambda k: len(data[k]))
+            data[longest] = data[longest][:-1]
+    return None
 
 
 def completion_json(completion: Any) -> dict[str, Any] | None:
@@ -649,6 +703,8 @@ async def merge_results(
 
 #: How often one part may be re-planned (a learned window, a cut-off answer) before giving up.
 MAX_REPLANS = 6
+#: Halvings after cut-off answers before the runtime keeps what the answer completed instead.
+MAX_CUT_SPLITS = 1
 
 
 @dataclass
@@ -662,6 +718,8 @@ class _Run:
     ratio: float
     calls: int = 0
     splits: list[str] = field(default_factory=list)
+    #: How many times a part's ancestors were split because an answer was cut off.
+    cut_depth: dict[int, int] = field(default_factory=dict)
 
     async def run(self, parts: list[Part]) -> Any:
         limiter = asyncio.Semaphore(self.config.concurrency)
@@ -705,7 +763,8 @@ class _Run:
         """Answer one part; a part that does not fit or whose answer is cut off is split (the
         window learned from the error where there was one) and each piece answered."""
         text = user_message(self.agent_input, part.text, number, total)
-        prompt = prompt_overhead(self.cls, self.agent_input, self.config, self.ratio)
+        # The message carries the header itself: the overhead here is the rest.
+        prompt = prompt_overhead(self.cls, None, self.config, self.ratio)
         prompt += count_tokens(text, self.config, self.ratio)
         max_tokens = max_tokens_for(self.config, prompt)
         try:
@@ -740,9 +799,25 @@ class _Run:
                 smaller = self._halves(part)
             reason: str = str(exc)
         except AgentTruncatedError as exc:
-            if len(part.records) == 1 or depth >= MAX_REPLANS:
-                raise
+            cuts = self.cut_depth.get(id(part), 0)
+            if len(part.records) == 1 or depth >= MAX_REPLANS or cuts >= MAX_CUT_SPLITS:
+                # Splitting further would not help (a model that writes until it is stopped
+                # does so on any input): keep what the answer completed, if that is valid.
+                kept = salvage(
+                    self.cls,
+                    exc.details.get("raw_text"),
+                    self.agent_input.context,
+                    agent_input=self.agent_input,
+                )
+                if kept is None:
+                    raise
+                log.warning(
+                    "%s: part %d kept what its cut-off answer completed", self.cls.__name__, number
+                )
+                return [kept]
             smaller = self._halves(part)
+            for piece in smaller:
+                self.cut_depth[id(piece)] = cuts + 1
             reason = str(exc)
         except AgentOutputError as exc:
             repaired = self.cls.repair(exc.details.get("raw_output"), self.agent_input)

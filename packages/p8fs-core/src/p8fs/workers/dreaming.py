@@ -194,7 +194,7 @@ class DreamingWorker(DatabaseWorker):
                 "resources_skipped": data.resources_skipped,
                 "tokens": data.token_count,
             }
-            overhead = prompt_overhead(DreamModel, agent_input, config)
+            overhead = prompt_overhead(DreamModel, None, config)  # the text has the header
             for i, (custom_id, part) in enumerate(zip(custom_ids, parts, strict=True)):
                 text = user_message(agent_input, part.text, i + 1, len(parts))
                 prompt = overhead + count_tokens(text, config.encoding)

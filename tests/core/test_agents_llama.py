@@ -1,0 +1,204 @@
+"""Both agents end to end on a real llama.cpp server (SmolLM2-135M-Instruct, 4,096-token window).
+
+What a user who runs a local model does: set ``P8FS_LLM_BASE_URL`` and nothing else (no key, no
+window, a bare model name). The server does not report its window, so the first call over a
+transcript longer than the window is refused with a context-length error; the agent learns the
+window from it, re-plans the transcript into parts that fit with room for the answer, calls
+each part with a ``max_tokens`` the window can hold, merges, writes the summary in one final
+call, and the worker stores the rows. A 135M model writes poor moments, so the test checks
+shapes, bounds, provenance and stored rows, not wording.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from p8fs.agents import DreamModel, MomentBuilder
+from p8fs.agents.config import resolve_llm
+from p8fs.agents.limits import facts_for, window_of
+from p8fs.agents.moments import MOMENT_TYPES
+from p8fs.database import Database
+from p8fs.errors import ConfigurationError
+from p8fs.models import JobStatus, Resource, Session
+from p8fs.workers.dreaming import DreamingWorker
+from p8fs.workers.moments import MomentWorker
+from tests.fixtures.llama_server import LLAMA_N_CTX, LlamaServer, llama_env, llama_server
+
+__all__ = ["llama_env", "llama_server"]  # fixtures used here by name
+
+START = datetime(2025, 3, 4, 9, 0, tzinfo=UTC)
+TOPICS = [
+    "the quarterly budget for the mobile app and which features to cut",
+    "hiring a second designer and the interview schedule for next week",
+    "a customer complaint about slow sync on old Android phones",
+    "moving the weekly standup to Tuesday mornings and keeping it short",
+    "the launch checklist, the press release draft and the beta testers",
+    "a worry that the backend migration will slip past the end of the month",
+]
+
+
+#: Turns of the long transcript: about 4,300 tokens by SmolLM2's tokenizer, over the window.
+SEGMENTS = 50
+
+
+def long_transcript(segments: int = SEGMENTS) -> dict[str, Any]:
+    """A planning meeting of ``segments`` turns, longer than the server's whole window."""
+    speakers = [
+        {"speaker_id": "s1", "fingerprint_id": "fp_ana", "user_id": "u_ana", "user_label": "Ana"},
+        {"speaker_id": "s2", "fingerprint_id": "fp_ben", "user_id": "u_ben", "user_label": "Ben"},
+    ]
+    segs = []
+    for i in range(segments):
+        topic = TOPICS[(i // 10) % len(TOPICS)]
+        speaker = speakers[i % 2]
+        segs.append(
+            {
+                "timestamp": (START + timedelta(seconds=30 * i)).isoformat().replace("+00:00", "Z"),
+                "speaker_id": speaker["speaker_id"],
+                "speaker_label": speaker["user_label"],
+                "text": f"About {topic}: I think we should decide today, because point {i} "
+                "keeps coming back and the team needs a clear answer before Friday, so let us "
+                "write down who owns it and what the next step is.",
+                "duration_seconds": 28,
+            }
+        )
+    return {
+        "transcript_id": "llama_long_meeting",
+        "source_uri": "s3://recordings/llama_long_meeting.wav",
+        "start_timestamp": START.isoformat().replace("+00:00", "Z"),
+        "end_timestamp": (START + timedelta(seconds=30 * segments))
+        .isoformat()
+        .replace("+00:00", "Z"),
+        "segments": segs,
+        "speakers": speakers,
+        "environment": {"location": "office", "background_sounds": "keyboard"},
+    }
+
+
+def server_tokens(server: LlamaServer, text: str) -> int:
+    request = urllib.request.Request(
+        server.root_url + "/extras/tokenize/count",
+        json.dumps({"input": text}).encode(),
+        {"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return int(json.loads(response.read())["count"])
+
+
+@pytest.fixture
+def small_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short answers and no re-asks: on two shared cores this model evaluates prompts at
+    25-100 tokens/s, and a 135M model's re-asks rarely fix what they are asked to (the
+    lenient parse and MomentBuilder's time repair keep what is usable instead)."""
+    monkeypatch.setenv("P8FS_LLM_MAX_OUTPUT_TOKENS", "300")
+    monkeypatch.setenv("P8FS_LLM_MAX_RETRIES", "0")
+
+
+#: Each call evaluates a ~3,000-token prompt; under load that takes minutes.
+pytestmark = pytest.mark.timeout(1800)
+
+
+async def test_moments_of_a_transcript_longer_than_the_window(
+    llama_env: LlamaServer, small_answers: None, sqlite_database: Database
+) -> None:
+    data = long_transcript()
+    agent_input = MomentBuilder.prepare_input(data)
+    config = resolve_llm("smollm2")  # a bare name, no key: routed to P8FS_LLM_BASE_URL
+    assert (config.provider, config.base_url, config.api_key) == (
+        "openai",
+        llama_env.base_url,
+        "not-needed",
+    )
+    assert window_of(config) == (None, "")  # llama-cpp-python reports no window
+    whole = "\n\n".join(r.text for r in agent_input.records)
+    assert server_tokens(llama_env, whole) > LLAMA_N_CTX  # by the server's own tokenizer
+
+    worker = MomentWorker(sqlite_database, model="smollm2")
+    started = time.monotonic()
+    run = await worker.process_many("tenant-llama", {"meeting.json": data})
+    elapsed = time.monotonic() - started
+    assert run.failures == {}, run.failures
+
+    # The window was learned from the server's own context-length error.
+    facts = facts_for(config)
+    assert facts.context_window == LLAMA_N_CTX
+    assert "context-length error" in facts.window_source
+    assert facts.tokenizer == "llama-cpp-python"
+
+    [moments] = run.stored.values()
+    assert moments, "at least one moment"
+    stored = await sqlite_database.list_moments("tenant-llama")
+    assert {m.id for m in stored} == {m.id for m in moments}
+    end = START + timedelta(seconds=30 * SEGMENTS)
+    for m in stored:
+        assert m.moment_type in MOMENT_TYPES
+        assert m.resource_timestamp is not None and m.resource_ends_timestamp is not None
+        assert START - timedelta(seconds=1) <= m.resource_timestamp <= end + timedelta(seconds=1)
+        assert m.resource_timestamp <= m.resource_ends_timestamp <= end + timedelta(seconds=1)
+        assert m.uri == "s3://recordings/llama_long_meeting.wav"
+        assert m.name.strip() and m.content.strip()
+    print(f"\nMomentBuilder on llama.cpp: {len(stored)} moment(s) in {elapsed:.0f} s")
+
+
+async def test_dream_direct_on_llama_and_batch_refused(
+    llama_env: LlamaServer, small_answers: None, sqlite_database: Database
+) -> None:
+    tenant = "tenant-dream-llama"
+    await sqlite_database.upsert_session(
+        Session(
+            tenant_id=tenant,
+            name="chat",
+            messages=[
+                {
+                    "role": "user",
+                    "content": "I want to run a marathon in May and I worry "
+                    "about my knee. Remind me to book the physio on Thursday.",
+                },
+            ],
+        )
+    )
+    await sqlite_database.store_file(
+        *_note(
+            tenant,
+            "plan.md",
+            "Goal: launch the bakery website before June. Ana handles "
+            "the photos; Ben writes the menu. Fear: running out of money in the summer.",
+        )
+    )
+    worker = DreamingWorker(sqlite_database, model="smollm2")
+    started = time.monotonic()
+    job = await worker.process_direct(tenant)
+    elapsed = time.monotonic() - started
+    assert job.status == JobStatus.COMPLETED, job.error
+    assert job.result is not None
+    result = DreamModel.model_validate(job.result)
+    assert result.user_id == tenant and result.metrics.total_documents_analyzed == 2
+    [stored] = await sqlite_database.list_jobs(tenant_id=tenant, status=JobStatus.COMPLETED)
+    assert stored.id == job.id
+    print(f"\nDreamModel on llama.cpp: direct run in {elapsed:.0f} s")
+
+    # Batch mode: refused before anything is collected, saying why and what to do.
+    with pytest.raises(ConfigurationError) as info:
+        await worker.process_batch([tenant])
+    message = str(info.value)
+    assert "no Batches API" in message and "--mode direct" in message
+    assert llama_env.base_url in message
+    assert not await sqlite_database.list_jobs(tenant_id=tenant, status=JobStatus.SUBMITTED)
+
+
+def _note(tenant: str, name: str, text: str) -> tuple[Any, list[Resource]]:
+    from p8fs.ids import stable_id
+    from p8fs.models import FileRecord
+
+    uri = f"s3://{tenant}/{name}"
+    file = FileRecord(id=stable_id("file", tenant, uri), tenant_id=tenant, name=name, uri=uri)
+    resource = Resource(
+        tenant_id=tenant, file_id=file.id, name=name, content=text, ordinal=0, uri=uri
+    )
+    return file, [resource]
