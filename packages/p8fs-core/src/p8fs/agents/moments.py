@@ -167,7 +167,11 @@ class MomentBuilder(Agent):
 
     agent_aliases = ("agentlets.moments.MomentBuilder",)
 
-    moments: list[ExtractedMoment] = Field(description="The moments, in time order.")
+    # At least one: a transcript with segments is at least one moment. In the schema, so a
+    # grammar-constrained local model cannot answer with an empty list (SmolLM2 did).
+    moments: list[ExtractedMoment] = Field(
+        min_length=1, description="The moments, in time order (at least one)."
+    )
     analysis_summary: str = Field(description="One or two sentences over all moments.")
     total_moments: int = Field(0, ge=0, description="How many moments were found.")
 
