@@ -141,10 +141,6 @@ def _validate_agent(cls: type[Any]) -> None:
         raise PluginError(f"agent {cls.__qualname__} needs a docstring: it is the system prompt")
 
 
-@dataclass
-class Registry:
-    """Everything the loaded plugins registered, plus what was refused and why."""
-
 def _validate_embedder(cls: type[Any]) -> None:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
@@ -153,6 +149,10 @@ def _validate_embedder(cls: type[Any]) -> None:
         missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
         raise PluginError(f"embedder {name!r} does not implement: {missing}")
 
+
+@dataclass
+class Registry:
+    """Everything the loaded plugins registered, plus what was refused and why."""
 
     providers: NamedRegistry[Any] = field(
         default_factory=lambda: NamedRegistry("provider", _provider_base(), _validate_provider)
@@ -163,13 +163,13 @@ def _validate_embedder(cls: type[Any]) -> None:
     agents: NamedRegistry[Any] = field(
         default_factory=lambda: NamedRegistry("agent", None, _validate_agent)
     )
+    embedders: NamedRegistry[Any] = field(
+        default_factory=lambda: NamedRegistry("embedder", _embedder_base(), _validate_embedder)
+    )
     problems: list[RegistrationProblem] = field(default_factory=list)
     _by_mime: dict[str, list[Registration[Any]]] = field(default_factory=dict)
     _by_ext: dict[str, list[Registration[Any]]] = field(default_factory=dict)
     _instances: dict[str, Any] = field(default_factory=dict)
-    embedders: NamedRegistry[Any] = field(
-        default_factory=lambda: NamedRegistry("embedder", _embedder_base(), _validate_embedder)
-    )
     _available: dict[str, bool] = field(default_factory=dict)
 
     # -- registration -------------------------------------------------------------------
@@ -186,13 +186,13 @@ def _validate_embedder(cls: type[Any]) -> None:
     def add_agent(self, cls: type[Any], plugin: str) -> None:
         self.agents.add(cls, plugin, aliases=getattr(cls, "agent_aliases", ()))
 
+    def add_embedder(self, cls: type[Any], plugin: str) -> None:
+        self.embedders.add(cls, plugin)
+
     @staticmethod
     def _index(index: dict[str, list[Registration[Any]]], key: str, reg: Registration[Any]) -> None:
         bucket = index.setdefault(key, [])
         bucket.append(reg)
-    def add_embedder(self, cls: type[Any], plugin: str) -> None:
-        self.embedders.add(cls, plugin)
-
         # Highest priority first; ties keep registration order (built-ins register first).
         bucket.sort(key=lambda r: -int(r.cls.priority))
 
