@@ -427,6 +427,11 @@ class Worker:
                 outage=await self._outage_of(outcome, event),
             )
             if isinstance(decision, Wait):
+                # The jobs row says why the file waits (best effort: the database may be the
+                # dependency that is down).
+                job.error = f"waiting for a dependency: {decision.reason}"
+                with contextlib.suppress(Exception):
+                    await self._save_job(job, "PENDING")
                 if await self._wait_for_dependencies(decision.reason, event):
                     continue  # the dependency is back: process the file again
                 outcome = Interrupted()
