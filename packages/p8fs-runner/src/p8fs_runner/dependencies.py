@@ -114,7 +114,7 @@ class S3Probe:
             return None
         from p8fs.storage import async_s3_filesystem
 
-        bucket = event.uri[len("s3://") :].split("/", 1)[0]
+        bucket = event.bucket
         try:
             fs = await async_s3_filesystem(self.storage_options)
             await fs._call_s3("head_bucket", Bucket=bucket)
