@@ -17,6 +17,7 @@ from nats.errors import Error as NatsError
 
 from p8fs.errors import ConfigurationError
 from p8fs_runner.embedded import (
+    WEED_MIN_VOLUME_SLOTS,
     EmbeddedNats,
     EmbeddedSeaweedFS,
     EmbeddedServiceError,
@@ -165,6 +166,18 @@ def test_s3_refuses_anonymous_and_wrong_keys(
     intruder = s3fs.S3FileSystem(skip_instance_cache=True, **options)
     with pytest.raises(PermissionError):
         intruder.cat(f"{s3_bucket}/hello.txt")
+
+
+def test_weed_has_room_for_many_buckets(seaweedfs: EmbeddedSeaweedFS) -> None:
+    """Each bucket (tenant) takes a volume of its own. weed mini's own count (free disk / 1 GiB)
+    ran out after 77 buckets on an 80 GB disk and then refused every write to a new bucket,
+    which failed a CI run half-way through the suite; the embedded server asks for at least
+    WEED_MIN_VOLUME_SLOTS, and the master must report them."""
+    with urllib.request.urlopen(
+        f"http://{seaweedfs.host}:{seaweedfs.master_port}/dir/status", timeout=10
+    ) as response:
+        topology = json.load(response)["Topology"]
+    assert topology["Max"] >= WEED_MIN_VOLUME_SLOTS
 
 
 def test_weed_binds_loopback_only_and_keeps_secrets_off_the_command_line(

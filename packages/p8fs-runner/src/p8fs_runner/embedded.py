@@ -52,6 +52,11 @@ DEFAULT_NATS_MONITOR_PORT = 8222
 DEFAULT_S3_PORT = 8333
 DEFAULT_FILER_PORT = 8888
 STOP_TIMEOUT = 10.0
+#: Size at which a SeaweedFS volume stops taking writes and a new one is grown. Files larger
+#: than this are still stored (the filer cuts them into chunks); it only sets the granularity.
+WEED_VOLUME_SIZE_MB = 256
+#: The fewest volume slots an embedded ``weed mini`` gets, whatever the free disk says.
+WEED_MIN_VOLUME_SLOTS = 1024
 
 
 class EmbeddedServiceError(P8fsError):
@@ -182,6 +187,36 @@ def _spawn(argv: list[str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes
         )
     finally:
         log.close()
+
+
+def weed_volume_slots(data_dir: Path) -> int:
+    """How many volumes the embedded volume server may hold.
+
+    Every bucket is a SeaweedFS collection with volumes of its own, and a bucket is a tenant,
+    so this count bounds the number of tenants. ``weed mini`` sizes it as free disk divided by
+    its volume size (1 GiB on a large disk): on an 80 GB disk that is 77 buckets, after which
+    every write to a new bucket fails with "No writable volumes and no free volumes left".
+    Volumes are not preallocated, so an unused slot costs nothing; a full disk is still
+    refused by the volume server's own free-space guard. Hence a generous floor.
+    """
+    free = shutil.disk_usage(data_dir).free
+    return max(free // (WEED_VOLUME_SIZE_MB * 1024 * 1024), WEED_MIN_VOLUME_SLOTS)
+
+
+def _raise_open_files_limit(pid: int) -> None:
+    """Lift a child's open-files soft limit to its hard limit (Linux only).
+
+    Each SeaweedFS volume keeps its data and index files open, so a volume server with many
+    buckets needs more descriptors than the common soft limit of 1024. Done with ``prlimit``
+    after the spawn rather than in a ``preexec_fn``, which is unsafe from threads.
+    """
+    if sys.platform != "linux":
+        return
+    import resource
+
+    with contextlib.suppress(OSError, ValueError):
+        _soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _stop_process(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
@@ -549,12 +584,15 @@ def start_seaweedfs(
             "-webdav=false",
             "-admin.ui=false",
             "-volume.preStopSeconds=0",
+            f"-master.volumeSizeLimitMB={WEED_VOLUME_SIZE_MB}",
+            f"-volume.max={weed_volume_slots(data_dir)}",
             f"-admin.port={ports['admin']}",
             f"-s3.localSocket={data_dir / 's3.sock'}",
             f"-filer.localSocket={data_dir / 'filer.sock'}",
             f"-s3.config={config_path}",
         ]
         process = _spawn(argv, log_path, data_dir)
+        _raise_open_files_limit(process.pid)
         server = EmbeddedSeaweedFS(
             data_dir=data_dir,
             host=LOOPBACK,
