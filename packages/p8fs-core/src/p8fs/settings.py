@@ -1,7 +1,8 @@
 """Settings, read from ``P8FS_*`` environment variables (and a ``.env`` file) by pydantic-settings.
 
 The variable names are the original system's (``P8FS_STORAGE_PROVIDER``, ``P8FS_PG_*``,
-``P8FS_TIDB_*``, ``P8FS_NATS_URL``, ``P8FS_SEAWEEDFS_*``) so existing deployments keep working.
+``P8FS_TIDB_*``, ``P8FS_SEAWEEDFS_*``) so existing deployments keep working. What only the
+runner needs (the broker, the bridge, metrics) is in ``p8fs_runner.settings``.
 The LLM SDKs' own variables (``ANTHROPIC_API_KEY``, ``OPENAI_API_KEY``) are honoured as they are.
 Secrets are ``SecretStr`` so they never print in logs, errors or ``repr``.
 """
@@ -14,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from p8fs.limits import DEFAULT_LIMITS
 
 StorageProvider = Literal["sqlite", "postgresql", "tidb"]
 
@@ -56,18 +59,9 @@ class Settings(BaseSettings):
     tidb_user: str = Field("root", description="TiDB user.")
     tidb_password: SecretStr = Field(SecretStr(""), description="TiDB password.")
 
-    # -- object storage and broker ----------------------------------------------------
-    nats_url: str | None = Field(
-        None,
-        description="NATS server URL, or several separated by commas (the nodes of a cluster: "
-        "the runner connects to those that answer); unset means embedded nats-server in "
-        "development.",
-    )
+    # -- object storage (s3:// sources; the broker's settings are the runner's) ---------
     seaweedfs_endpoint: str | None = Field(
         None, description="S3 endpoint of SeaweedFS, e.g. http://localhost:8333."
-    )
-    seaweedfs_filer: str | None = Field(
-        None, description="SeaweedFS filer address (host:port) for the event bridge."
     )
     s3_access_key: SecretStr | None = Field(None, description="S3 access key id.")
     s3_secret_key: SecretStr | None = Field(None, description="S3 secret access key.")
@@ -86,30 +80,32 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(
         20 * 1024**3, gt=0, description="Largest file accepted for processing, in bytes."
     )
-    # Safety limits against hostile files (each is also a per-call option of the same name,
-    # which wins over the setting); over a limit, the file fails with LimitExceeded naming it.
-    max_pages: int = Field(10_000, gt=0, description="Most pages a PDF may have.")
+    # Safety limits against hostile files, defaults from p8fs.limits (each is also a per-call
+    # option of the same name, which wins); over a limit, the file fails with LimitExceeded.
+    max_pages: int = Field(
+        DEFAULT_LIMITS.max_pages, gt=0, description="Most pages a PDF may have."
+    )
     max_uncompressed_bytes: int = Field(
-        1024**3,
+        DEFAULT_LIMITS.max_uncompressed_bytes,
         gt=0,
         description="Most bytes a document may expand to when decompressed: the declared members "
         "of an office ZIP container (docx, xlsx, pptx, odt, epub) together, or the non-image "
         "streams of a PDF together.",
     )
     max_compression_ratio: int = Field(
-        1000,
+        DEFAULT_LIMITS.max_compression_ratio,
         gt=0,
         description="Largest expansion ratio of one ZIP member or PDF stream that decompresses "
         "to more than 16 MiB (beyond it, a decompression bomb is assumed).",
     )
     max_image_pixels: int = Field(
-        89_478_485,
+        DEFAULT_LIMITS.max_image_pixels,
         gt=0,
         description="Most pixels (width x height) an image may declare; the default is Pillow's "
         "decompression-bomb limit.",
     )
     max_duration_seconds: float = Field(
-        24 * 3600.0,
+        DEFAULT_LIMITS.max_duration_seconds,
         gt=0,
         description="Longest audio or video accepted, in seconds: checked against the declared "
         "duration before decoding and against the decoded audio while transcribing.",
@@ -183,7 +179,7 @@ class Settings(BaseSettings):
 
     def __repr_args__(self) -> Any:
         """``repr``/``str`` show URL settings with their password masked (``SecretStr`` fields
-        mask themselves; ``P8FS_DATABASE_URL`` and ``P8FS_NATS_URL`` are plain strings)."""
+        mask themselves; URLs such as ``P8FS_DATABASE_URL`` are plain strings)."""
         from p8fs.redaction import redact_url
 
         for name, value in super().__repr_args__():
@@ -192,13 +188,7 @@ class Settings(BaseSettings):
     def extraction_limits(self) -> dict[str, int | float]:
         """The safety limits as provider options (the pipeline passes them to every provider;
         options given with a call override them)."""
-        return {
-            "max_pages": self.max_pages,
-            "max_uncompressed_bytes": self.max_uncompressed_bytes,
-            "max_compression_ratio": self.max_compression_ratio,
-            "max_image_pixels": self.max_image_pixels,
-            "max_duration_seconds": self.max_duration_seconds,
-        }
+        return {name: getattr(self, name) for name in DEFAULT_LIMITS.as_options()}
 
     def sqlite_path(self) -> Path:
         return self.data_dir / "p8fs.db"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from p8fs.errors import LimitExceeded
+from p8fs.limits import extraction_limit
 from p8fs.providers import ContentProvider, ExtractContext, Section, Source, source_path
 from p8fs_node.media import (
     SAMPLE_RATE,
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 DEFAULT_WINDOW_SECONDS = 120.0
 #: Smallest window accepted: below Whisper's own 30 s context windows only cost accuracy.
 MIN_WINDOW_SECONDS = 5.0
-DEFAULT_MAX_DURATION_SECONDS = 24 * 3600.0
 #: The share of a window, at its end, searched for a pause to cut at ...
 CUT_SEARCH_FRACTION = 1 / 3
 #: ... but no more than this many seconds: VAD over the searched stretch is extra work.
@@ -218,7 +218,7 @@ def whisper_model_for(context: ExtractContext) -> WhisperModel:
 
 def check_declared_duration(container: InputContainer, context: ExtractContext) -> float:
     """Refuse a file whose declared duration passes the limit; return the limit in seconds."""
-    limit = float(_option(context, "max_duration_seconds", DEFAULT_MAX_DURATION_SECONDS))
+    limit = float(extraction_limit(context.options, "max_duration_seconds"))
     declared = container_duration(container)
     if declared is not None and declared > limit:
         raise LimitExceeded(

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from p8fs.errors import CorruptDocument, EmptyDocument, LimitExceeded
+from p8fs.limits import extraction_limit
 from p8fs.providers import ContentProvider, ExtractContext, Section, Source, source_name
 from p8fs_node.ocr import (
     DEFAULT_LANGUAGES,
@@ -26,10 +27,6 @@ from p8fs_node.ocr import (
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-#: Most pixels an image may declare unless option ``max_image_pixels`` (setting
-#: ``P8FS_MAX_IMAGE_PIXELS``) says otherwise: Pillow's own default guard. A constant rather than
-#: Pillow's module global, which :func:`_allow_in_pillow` may have raised for another call.
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 #: Frames (TIFF pages, GIF frames) OCR'd at most; option ``max_frames``. Later frames of an
 #: animation rarely add text, and a multi-page fax TIFF beyond this is better sent as a PDF.
 DEFAULT_MAX_OCR_FRAMES = 100
@@ -40,7 +37,7 @@ class ImageProvider(ContentProvider):
 
     Options: ``ocr`` (``False`` turns OCR off), ``ocr_engine`` (``auto``, ``rapidocr`` or
     ``tesseract``; setting ``P8FS_OCR_ENGINE``), ``ocr_languages`` (default ``"eng"``),
-    ``max_image_pixels`` (default :data:`DEFAULT_MAX_IMAGE_PIXELS`, Pillow's ~89 megapixels),
+    ``max_image_pixels`` (default from :mod:`p8fs.limits`, Pillow's ~89 megapixels),
     ``max_frames``. Document facts in ``context.metadata``: ``format``, ``width``, ``height``,
     ``mode``, ``frames``, ``ocr_frames`` (1-based frames whose text came from OCR), ``ocr_engine``
     (the engine that ran).
@@ -79,7 +76,9 @@ class ImageProvider(ContentProvider):
 
         name = source_name(source)
         options = context.options
-        limit = int(options.get("max_image_pixels") or DEFAULT_MAX_IMAGE_PIXELS)
+        # From p8fs.limits rather than Pillow's module global, which _allow_in_pillow may
+        # have raised for another call.
+        limit = int(extraction_limit(options, "max_image_pixels"))
         _allow_in_pillow(limit)
         try:
             image = PILImage.open(source)

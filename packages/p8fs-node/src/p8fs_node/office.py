@@ -45,6 +45,7 @@ from p8fs.errors import (
     P8fsError,
     UnsupportedContent,
 )
+from p8fs.limits import extraction_limit
 from p8fs.providers import (
     ContentProvider,
     ExtractContext,
@@ -58,13 +59,6 @@ from p8fs.providers import (
 if TYPE_CHECKING:
     from unstructured.documents.elements import Element
 
-#: Default ceiling on the sum of a ZIP container's declared uncompressed member sizes. A real
-#: office document with large images stays far below it; a decompression bomb does not.
-DEFAULT_MAX_UNCOMPRESSED_BYTES = 1024**3
-#: A member whose declared size exceeds its compressed size by more than this ratio (and which
-#: is large in absolute terms) is treated as a bomb even under the total limit; option
-#: ``max_compression_ratio`` (setting ``P8FS_MAX_COMPRESSION_RATIO``).
-MAX_COMPRESSION_RATIO = 1000
 _RATIO_MIN_BYTES = 16 * 1024**2
 #: Upper bound on how many consecutive same-kind elements form one section.
 MAX_ELEMENTS_PER_SECTION = 50
@@ -309,8 +303,10 @@ def _check_container(source: Source, fmt: OfficeFormat, name: str, context: Extr
 
 
 def _check_zip(stream: IO[bytes], fmt: OfficeFormat, name: str, context: ExtractContext) -> None:
-    limit = int(context.options.get("max_uncompressed_bytes") or DEFAULT_MAX_UNCOMPRESSED_BYTES)
-    max_ratio = int(context.options.get("max_compression_ratio") or MAX_COMPRESSION_RATIO)
+    # The sum of the declared member sizes is held to max_uncompressed_bytes; a member that is
+    # large in absolute terms and expands past max_compression_ratio is a bomb even under it.
+    limit = int(extraction_limit(context.options, "max_uncompressed_bytes"))
+    max_ratio = int(extraction_limit(context.options, "max_compression_ratio"))
     try:
         with zipfile.ZipFile(stream) as archive:
             infos = archive.infolist()

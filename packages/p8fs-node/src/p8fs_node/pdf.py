@@ -46,6 +46,7 @@ from p8fs.errors import (
     ProviderError,
     SourceNotFound,
 )
+from p8fs.limits import DEFAULT_LIMITS, extraction_limit
 from p8fs.providers import ContentProvider, ExtractContext, Section, Source, source_name
 from p8fs_node.ocr import (
     DEFAULT_LANGUAGES,
@@ -64,14 +65,8 @@ if TYPE_CHECKING:
 PDFIUM_LOCK = threading.RLock()
 #: How long cleanup waits for PDFium before leaving a document to the garbage collector.
 CLOSE_WAIT_SECONDS = 5.0
-#: Documents with more pages are refused (``LimitExceeded``); option ``max_pages`` overrides.
-DEFAULT_MAX_PAGES = 10_000
-#: Default ceiling on what the document's non-image streams may inflate to, together (option
-#: ``max_uncompressed_bytes``, setting ``P8FS_MAX_UNCOMPRESSED_BYTES``).
-DEFAULT_MAX_UNCOMPRESSED_BYTES = 1024**3
-#: A stream inflating more than this many times its compressed size (and past
-#: :data:`RATIO_MIN_BYTES`) is a decompression bomb (option ``max_compression_ratio``).
-DEFAULT_MAX_COMPRESSION_RATIO = 1000
+#: A stream inflating past ``max_compression_ratio`` (p8fs.limits) is a decompression bomb only
+#: once it is this large.
 RATIO_MIN_BYTES = 16 * 1024**2
 #: Page failures reported one by one; beyond them, one summary (a page tree claiming thousands
 #: of pages that do not exist must not write thousands of warnings).
@@ -167,15 +162,15 @@ class PdfProvider(ContentProvider):
         options = context.options
         password = _password(options.get("password"))
         layout = option_flag(options.get("layout"), default=False)
-        max_pages = int(options.get("max_pages") or DEFAULT_MAX_PAGES)
+        max_pages = int(extraction_limit(options, "max_pages"))
         name = source_name(source)
 
         with ExitStack() as stack:
             pdfium_input, layout_input = _prepare_input(source, stack, name)
             # Before PDFium sees the file: it inflates a page's content streams whole, in one
             # call nothing can interrupt (a 2 MB file can hold a 2 GB stream).
-            max_bytes = int(options.get("max_uncompressed_bytes") or DEFAULT_MAX_UNCOMPRESSED_BYTES)
-            max_ratio = int(options.get("max_compression_ratio") or DEFAULT_MAX_COMPRESSION_RATIO)
+            max_bytes = int(extraction_limit(options, "max_uncompressed_bytes"))
+            max_ratio = int(extraction_limit(options, "max_compression_ratio"))
             check_stream_expansion(
                 layout_input,
                 name,
@@ -289,8 +284,8 @@ def check_stream_expansion(
     source: Path | BinaryIO,
     name: str,
     *,
-    max_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES,
-    max_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO,
+    max_bytes: int = DEFAULT_LIMITS.max_uncompressed_bytes,
+    max_ratio: int = DEFAULT_LIMITS.max_compression_ratio,
     deadline: float | None = None,
     password: str | None = None,
 ) -> int:
@@ -972,7 +967,6 @@ def _page_list(numbers: list[int], limit: int = 20) -> str:
 
 
 __all__ = [
-    "DEFAULT_MAX_PAGES",
     "PDFIUM_LOCK",
     "PdfProvider",
     "normalize_pdfium_text",

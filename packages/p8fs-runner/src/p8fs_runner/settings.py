@@ -28,7 +28,18 @@ DEFAULT_S3_ENDPOINT = "http://127.0.0.1:8333"
 class RunnerSettings(Settings):
     """Core settings plus what only the runner needs (``P8FS_NATS_*``, metrics, bridge)."""
 
-    # -- broker security (issue 7: user/password, token, creds file and TLS) ----------
+    # -- broker and bridge ------------------------------------------------------------
+    nats_url: str | None = Field(
+        None,
+        description="NATS server URL, or several separated by commas (the nodes of a cluster: "
+        "the runner connects to those that answer); unset means embedded nats-server in "
+        "development.",
+    )
+    seaweedfs_filer: str | None = Field(
+        None, description="SeaweedFS filer address (host:port) for the event bridge."
+    )
+
+    # -- broker security: user/password, token, creds file and TLS ---------------------
     nats_user: str | None = Field(None, description="NATS user name (with P8FS_NATS_PASSWORD).")
     nats_password: SecretStr | None = Field(None, description="NATS password.")
     nats_token: SecretStr | None = Field(None, description="NATS authentication token.")
