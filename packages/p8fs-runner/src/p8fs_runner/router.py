@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from p8fs.errors import error_code
 from p8fs_runner import metrics
 from p8fs_runner.dlq import dead_letter
 from p8fs_runner.tiers import ROUTER, QueueSpec, tier_for_size
@@ -124,8 +125,6 @@ class Router:
 
     async def _reject(self, msg: Msg, exc: BaseException) -> None:
         """An event that can never be routed: errors row, dead letter, term."""
-        from p8fs.errors import error_code
-
         md = msg.metadata
         preview = msg.data[:500].decode("utf-8", "replace")
         await record_error(

@@ -1,10 +1,10 @@
 """The one table of queues: every stream, subject, durable and consumer setting the runner uses.
 
-The original system created its consumers with library defaults (a 30 s ack wait, unlimited
-deliveries, no backoff), so a 500 MB video was handed to a second worker while the first was still
-reading it. Here every number lives in this table, the router applies it (it is the only creator
-of streams and consumers), the worker reads the same row to size its batches, its concurrency and
-its heartbeat, and ``p8fs-run status`` reports against it. Names are the seed's.
+Consumers made with library defaults (a 30 s ack wait, unlimited deliveries, no backoff) hand a
+500 MB video to a second worker while the first is still reading it. So every number lives in
+this table, the router applies it (it is the only creator of streams and consumers), the worker
+reads the same row to size its batches, its concurrency and its heartbeat, and ``p8fs-run
+status`` reports against it. Names are the seed's.
 
 ``backoff`` is also what NATS uses as the ack wait: a consumer with a backoff list takes
 ``backoff[0]`` as the ack wait of the first delivery and ``backoff[n]`` as that of delivery
