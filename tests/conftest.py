@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.fixtures.db",
     "tests.fixtures.llm",
     "tests.fixtures.nats_cluster",
+    "tests.fixtures.pgvector",
     "tests.fixtures.services",
 ]

@@ -9,8 +9,9 @@ and end seconds, a snippet with the matching words marked, and the score.
   A query is reduced to its words (letters and digits) before any database sees it, so quotes,
   operators or 10 KB of text are never a syntax error; the words are OR-ed, as BM25 expects.
 * **semantic** compares the query's vector with the chunks' vectors of the configured embedder
-  (``P8FS_EMBEDDER``): float32 blobs scanned with numpy, the matrix cached per tenant and model
-  until the tenant's vectors change.
+  (``P8FS_EMBEDDER``): ranked by pgvector inside PostgreSQL where the extension is installed
+  (:mod:`p8fs.database.vectors`), otherwise float32 blobs scanned with numpy, the matrix cached
+  per tenant and model until the tenant's vectors change.
 * **hybrid** fuses both rankings by reciprocal rank fusion (score = sum of 1 / (60 + rank)).
 
 Every query is scoped to one tenant in SQL; nothing here can return another tenant's rows.
@@ -208,22 +209,62 @@ async def semantic_ranking(
     np = require_numpy()
     vector = normalise(await embedder.embed([query]))[0]
     model = embedder.model_id
-    ids, matrix = await _matrix(
-        database, tenant_id, model, int(vector.shape[0]), uri_prefix, mime_types
-    )
-    if not ids:
+    ranked: list[tuple[str, float]] = []
+    if await native_vectors(database):
+        from p8fs.database import vectors
+
+        async with database.engine.connect() as conn:
+            ranked = await conn.run_sync(
+                lambda c: vectors.pg_nearest(
+                    c,
+                    tenant_id,
+                    model,
+                    vector.tolist(),
+                    limit=limit,
+                    uri_prefix=uri_prefix,
+                    mime_types=mime_types,
+                )
+            )
+    else:
+        ids, matrix = await _matrix(
+            database, tenant_id, model, int(vector.shape[0]), uri_prefix, mime_types
+        )
+        if ids:
+            scores = matrix @ vector
+            n = min(limit, len(ids))
+            top = np.argpartition(-scores, n - 1)[:n] if n < len(ids) else np.arange(len(ids))
+            top = top[np.argsort(-scores[top], kind="stable")]
+            ranked = [(ids[i], float(scores[i])) for i in top]
+    if not ranked:
         have = await database.embedding_models(tenant_id)
         if not have and await database.count("resources", tenant_id):
             raise ConfigurationError(
                 f"tenant {tenant_id!r} has no vectors of model {model!r} yet: run "
                 f"`p8fs embed --tenant-id {tenant_id}` (workers embed new files themselves)"
             )
-        return []
-    scores = matrix @ vector
-    n = min(limit, len(ids))
-    top = np.argpartition(-scores, n - 1)[:n] if n < len(ids) else np.arange(len(ids))
-    top = top[np.argsort(-scores[top], kind="stable")]
-    return [(ids[i], float(scores[i])) for i in top]
+    return ranked
+
+
+_native: dict[str, bool] = {}
+
+
+async def native_vectors(database: Database) -> bool:
+    """Whether ``database`` ranks vectors itself (PostgreSQL with the pgvector column) rather
+    than through the numpy scan; decided once per database URL and process (the column is
+    added by ``init_schema``, so a process started before that keeps scanning until restarted).
+    On SQLite, says once in the log when this Python cannot load extensions (sqlite-vec)."""
+    from p8fs.database import vectors
+
+    key = str(database.url)
+    if key not in _native:
+        if database.dialect == "postgresql":
+            async with database.engine.connect() as conn:
+                _native[key] = await conn.run_sync(vectors.has_pg_column)
+        else:
+            if database.dialect == "sqlite":
+                vectors.sqlite_can_load_extensions()
+            _native[key] = False
+    return _native[key]
 
 
 def fuse(rankings: Sequence[Sequence[str]], k: int = RRF_K) -> list[tuple[str, float]]:

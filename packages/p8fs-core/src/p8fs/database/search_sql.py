@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, select, text
 from sqlalchemy.engine import Connection
 
-from p8fs.database import schema
+from p8fs.database import schema, vectors
 from p8fs.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ _JOIN = "JOIN files f ON f.tenant_id = r.tenant_id AND f.id = r.file_id"
 
 def setup_keyword_index(conn: Connection, dialect: str, text_config: str | None) -> str:
     """Create the keyword index if it is missing; return the backend that serves queries:
-    ``fts5``, ``tsvector`` (PostgreSQL), ``fulltext`` (MySQL/MariaDB) or ``scan`` (TiDB).
+    ``fts5``, ``tsvector`` (PostgreSQL), ``fulltext`` (MySQL/MariaDB) or ``scan`` (TiDB). On
+    PostgreSQL with pgvector installed, also the vector column (:mod:`p8fs.database.vectors`).
 
     Catalogs are read first so that a database already set up takes no DDL lock at all (an
     ``ALTER TABLE`` on a busy PostgreSQL table waits for every open transaction).
@@ -83,6 +84,8 @@ def setup_keyword_index(conn: Connection, dialect: str, text_config: str | None)
                 conn.exec_driver_sql(statement)
         else:
             conn.exec_driver_sql(schema.search_ddl("postgresql", text_config=current)[1])
+        # The semantic side of the same set-up: pgvector's column, where the extension is.
+        vectors.setup_postgresql(conn)
         return "tsvector"
     version = str(conn.exec_driver_sql("SELECT VERSION()").scalar() or "")
     if "tidb" in version.lower():
