@@ -25,9 +25,9 @@ from p8fs.agents.limits import facts_for, window_of
 from p8fs.agents.moments import MOMENT_TYPES
 from p8fs.database import Database
 from p8fs.errors import ConfigurationError
+from p8fs.jobs.dreaming import DreamingWorker
+from p8fs.jobs.moments import MomentWorker
 from p8fs.models import JobStatus, Resource, Session
-from p8fs.workers.dreaming import DreamingWorker
-from p8fs.workers.moments import MomentWorker
 from tests.fixtures.llama_server import LLAMA_N_CTX, LlamaServer, llama_env, llama_server
 
 __all__ = ["llama_env", "llama_server"]  # fixtures used here by name

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from p8fs.cli.jobs import moments as moments_cli
 from p8fs.database import Database
+from p8fs.jobs.moments import MomentWorker, file_text
 from p8fs.pipeline import aingest
 from p8fs.settings import Settings
-from p8fs.workers.moments import MomentWorker, cli, file_text
 from tests.fixtures.llm import FakeLLMServer, RecordedRequest, corpus_moment_reply
 from tests.fixtures.servers import corpus_path
 
@@ -116,12 +117,14 @@ def test_cli_processes_many_files(
     args = ["process", "--tenant-id", "t1"]
     for case in CASES:
         args += ["--file", str(root / f"{case}_input.json")]
-    result = CliRunner().invoke(cli, args)
+    result = CliRunner().invoke(moments_cli, args)
     assert result.exit_code == 0, result.output
     assert f"{len(CASES)} moment(s) from {len(CASES)} transcript(s)" in result.output
     assert "[meeting]" in result.output
 
-    with_broken = CliRunner().invoke(cli, [*args[:3], "--file", str(root / f"{BROKEN}_input.json")])
+    with_broken = CliRunner().invoke(
+        moments_cli, [*args[:3], "--file", str(root / f"{BROKEN}_input.json")]
+    )
     assert with_broken.exit_code == 1
     assert "line 78 column 20" in with_broken.output
 

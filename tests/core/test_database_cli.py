@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from sqlalchemy.engine import make_url
 
 from p8fs.cli import main
+from p8fs.cli.db import models_p8 as seed_main
 from p8fs.database import TABLE_NAMES, Database, plan_ddl
-from p8fs.models.p8 import main as seed_main
 from tests.fixtures.db import server_url
 from tests.fixtures.servers import free_port, server_missing
 

@@ -20,11 +20,12 @@ import pytest
 from click.testing import CliRunner
 
 from p8fs.agents.dream import render_resource, render_session
+from p8fs.cli.jobs import dreaming as dreaming_cli
 from p8fs.database import Database
 from p8fs.ids import file_id, resource_id
+from p8fs.jobs.dreaming import DreamingLimits, DreamingWorker
 from p8fs.models import FileRecord, JobStatus, Resource, Session
 from p8fs.tokens import count_tokens
-from p8fs.workers.dreaming import DreamingLimits, DreamingWorker, cli
 from tests.fixtures.llm import FakeLLMServer, RecordedRequest
 from tests.fixtures.servers import REPO_ROOT, corpus_path
 
@@ -370,14 +371,16 @@ def test_cli_batch_then_completion(
     run_async(seed)
     llm_server.responder = dream_from_request
     runner = CliRunner()
-    submitted = runner.invoke(cli, ["process", "--mode", "batch", "--tenant-id", "test-tenant"])
+    submitted = runner.invoke(
+        dreaming_cli, ["process", "--mode", "batch", "--tenant-id", "test-tenant"]
+    )
     assert submitted.exit_code == 0, submitted.output
     assert re.search(r"test-tenant: SUBMITTED job \S+ batch msgbatch_", submitted.output)
     llm_server.end_batches()
-    done = runner.invoke(cli, ["process", "--completion"])
+    done = runner.invoke(dreaming_cli, ["process", "--completion"])
     assert done.exit_code == 0, done.output
     assert "test-tenant: COMPLETED" in done.output and "(2 goals)" in done.output
-    again = runner.invoke(cli, ["process", "--completion"])
+    again = runner.invoke(dreaming_cli, ["process", "--completion"])
     assert again.exit_code == 0 and "no finished batches to collect" in again.output
 
 

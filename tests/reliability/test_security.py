@@ -253,9 +253,9 @@ async def _work(js: Any, settings: Any, database: Database, until: int, limit: f
 async def _in_process(stage: Stage, files: dict[str, bytes]) -> None:
     """The failures inside one Python process (logging captured by the caller)."""
     from p8fs.errors import P8fsError
+    from p8fs.jobs.dreaming import DreamingWorker
     from p8fs.pipeline import aingest
     from p8fs.settings import Settings
-    from p8fs.workers.dreaming import DreamingWorker
     from p8fs_runner.connection import connect_nats
     from p8fs_runner.topology import ensure_topology
 
@@ -264,7 +264,7 @@ async def _in_process(stage: Stage, files: dict[str, bytes]) -> None:
     # What a worker does before its first message (first-use imports would otherwise stall the
     # loop past the 1 s ack wait): S3 client, tokenizer, plugins, and the PDF provider.
     from p8fs.storage import storage_options_from_settings
-    from p8fs_runner.runtime import warm_up
+    from p8fs_runner.service import warm_up
 
     await warm_up(storage_options_from_settings(good), good.token_encoding)
     await asyncio.to_thread(importlib.import_module, "pypdfium2")

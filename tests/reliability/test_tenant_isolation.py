@@ -192,7 +192,7 @@ def dream_reply(request: RecordedRequest) -> dict[str, Any]:
 async def test_dreaming_reads_only_its_tenant(
     llm_server: FakeLLMServer, sqlite_database: Database, tmp_path: Path
 ) -> None:
-    from p8fs.workers.dreaming import DreamingWorker
+    from p8fs.jobs.dreaming import DreamingWorker
 
     secrets_of = {t: marker(t) for t in ("tenant-a", "tenant-b")}
     # B's data is the newest: a query that forgot its tenant filter would pick it first.
@@ -227,7 +227,7 @@ async def test_dreaming_reads_only_its_tenant(
 async def test_the_moment_worker_reads_only_its_tenant(
     llm_server: FakeLLMServer, sqlite_database: Database, tmp_path: Path
 ) -> None:
-    from p8fs.workers.moments import MomentWorker
+    from p8fs.jobs.moments import MomentWorker
 
     root = corpus_path("transcripts/p8fs_moment_samples")
     cases = {

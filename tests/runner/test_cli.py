@@ -180,7 +180,7 @@ async def test_the_router_logs_each_invalid_event_it_dead_letters(
     import asyncio
 
     from p8fs_runner.connection import connect_nats
-    from p8fs_runner.runtime import serve_router
+    from p8fs_runner.service import serve_router
 
     assert _run_cli(runner_settings, "router", "--setup-only").returncode == 0
     nc = await connect_nats(runner_settings)

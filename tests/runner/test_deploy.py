@@ -5,7 +5,6 @@ once in kustomization.yaml (tests/image/ checks the built image's version agains
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import sys
 import warnings
@@ -227,19 +226,6 @@ def test_every_scaler_targets_a_deployment() -> None:
 # -- commands exist in the CLI ---------------------------------------------------------------
 
 
-def _dreaming_command() -> click.Command:
-    """The dreaming worker's own click command, found the way ``p8fs-run dreaming`` finds it."""
-    try:
-        module = importlib.import_module("p8fs.workers.dreaming")
-    except ImportError as exc:
-        pytest.fail(f"p8fs-run dreaming needs p8fs.workers.dreaming, which is missing: {exc}")
-    for attribute in ("cli", "main", "dreaming"):
-        command = getattr(module, attribute, None)
-        if isinstance(command, click.Command):
-            return command
-    pytest.fail("p8fs.workers.dreaming has no click command (cli/main/dreaming)")
-
-
 def resolve(command: click.Command, args: list[str], path: str) -> str:
     """Parse ``args`` the way click would, descending into sub-commands; raise on any unknown
     command or option. Returns the resolved command path."""
@@ -256,9 +242,6 @@ def resolve(command: click.Command, args: list[str], path: str) -> str:
         if sub is None:
             raise click.UsageError(f"{path} has no sub-command {name!r}")
         return resolve(sub, tail, f"{path} {name}")
-    if path.endswith(" dreaming"):
-        # A pass-through to the dreaming worker's own CLI: check the arguments there.
-        return resolve(_dreaming_command(), list(ctx.args), path)
     assert not ctx.args, f"{path}: unexpected arguments {ctx.args}"
     return path
 

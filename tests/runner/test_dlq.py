@@ -12,7 +12,7 @@ import pytest
 
 from p8fs_runner import tiers
 from p8fs_runner.dlq import list_dead_letters, publish_dead_letter, replay
-from p8fs_runner.runtime import serve_router
+from p8fs_runner.service import serve_router
 from p8fs_runner.topology import ensure_topology
 
 if TYPE_CHECKING:

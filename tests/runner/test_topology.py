@@ -197,7 +197,7 @@ async def test_the_router_creates_r3_streams_and_consumers_from_the_setting(
     three different nodes, and consumers that inherit them."""
     import nats
 
-    from p8fs_runner.runtime import serve_router
+    from p8fs_runner.service import serve_router
 
     configured = _cluster_settings(nats_cluster, nats_replicas=3)
     await serve_router(configured, asyncio.Event(), queues=configured.queues(), setup_only=True)

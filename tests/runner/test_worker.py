@@ -45,7 +45,7 @@ def _test_providers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 async def js(runner_settings: RunnerSettings) -> AsyncIterator[Any]:
     from p8fs.storage import storage_options_from_settings
     from p8fs_runner.connection import connect_nats
-    from p8fs_runner.runtime import warm_up
+    from p8fs_runner.service import warm_up
 
     # What serve_worker does before its first message: pay the S3 client's and the plugins'
     # first-use costs up front, so they cannot stall the loop past the tests' 2 s ack wait.

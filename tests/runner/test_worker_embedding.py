@@ -46,7 +46,7 @@ FAST = tiers.SMALL.with_overrides(backoff=(1.0,), max_deliver=2, batch=4, concur
 async def js(runner_settings: RunnerSettings) -> AsyncIterator[Any]:
     from p8fs.storage import storage_options_from_settings
     from p8fs_runner.connection import connect_nats
-    from p8fs_runner.runtime import warm_up
+    from p8fs_runner.service import warm_up
 
     await warm_up(storage_options_from_settings(runner_settings), runner_settings.token_encoding)
     nc = await connect_nats(runner_settings)

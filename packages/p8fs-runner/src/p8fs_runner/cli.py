@@ -9,7 +9,11 @@ fetch on the wire within a second of starting, and ``p8fs-run --help`` must be i
     p8fs-run status                         queues, lag, redeliveries, dead letters
     p8fs-run dlq list | dlq replay ...      inspect and retry dead letters
     p8fs-run bridge                         SeaweedFS filer events -> p8fs.storage.events
-    p8fs-run dreaming process ...           the dreaming agent worker
+    p8fs-run dreaming process ...           the dreaming job (the core's ``p8fs dreaming`` group)
+
+Every runner command is defined here. The seed's verbs that the runner adds to the core CLI
+(``p8fs router``, ``p8fs storage-worker``) are listed in :data:`CORE_COMMANDS`, which the
+runner's plugin registers through ``p8fs_register_commands``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+from p8fs.cli.jobs import dreaming
 
 if TYPE_CHECKING:  # pragma: no cover
     from p8fs_runner.settings import RunnerSettings
@@ -118,7 +124,7 @@ def _with_signals(
     factory: Callable[[asyncio.Event], Coroutine[Any, Any, T]],
 ) -> Coroutine[Any, Any, T]:
     async def main() -> T:
-        from p8fs_runner.runtime import install_stop_signals
+        from p8fs_runner.service import install_stop_signals
 
         stop = asyncio.Event()
         restore = install_stop_signals(stop)
@@ -137,7 +143,7 @@ def run_worker(tier: str, *, grace: float, metrics_port: int | None, embed: bool
     """``p8fs-run --tier T`` and ``p8fs-run worker --tier T``."""
     with _services(embed) as settings:
         from p8fs.errors import ConfigurationError
-        from p8fs_runner.runtime import serve_worker
+        from p8fs_runner.service import serve_worker
 
         try:
             spec = settings.queue(tier)
@@ -237,7 +243,7 @@ def router(worker_id: str | None, setup_only: bool, metrics_port: int | None) ->
         logging.getLogger("p8fs_runner").info("router replica %s", worker_id)
     with _services(embed=True) as settings:
         from p8fs.errors import ConfigurationError
-        from p8fs_runner.runtime import serve_router
+        from p8fs_runner.service import serve_router
 
         try:
             queues = settings.queues()
@@ -381,33 +387,7 @@ def dlq_replay(replay_all: bool, seqs: tuple[int, ...]) -> None:
     click.echo(f"{len(done)} dead letter(s) replayed")
 
 
-@main.command(
-    add_help_option=False,  # --help belongs to the delegated group
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-)
-@click.pass_context
-def dreaming(ctx: click.Context) -> None:
-    """The dreaming agent worker (p8fs.workers.dreaming): `dreaming process --help`."""
-    import importlib
-
-    try:
-        module = importlib.import_module("p8fs.workers.dreaming")
-    except ImportError as exc:
-        raise RunnerCliError(
-            f"the dreaming worker is not available ({exc}): it ships with p8fs-core's agents "
-            "(p8fs.workers.dreaming)"
-        ) from exc
-    group = next(
-        (
-            getattr(module, name)
-            for name in ("cli", "main", "dreaming")
-            if isinstance(getattr(module, name, None), click.Command)
-        ),
-        None,
-    )
-    if group is None:
-        raise RunnerCliError("p8fs.workers.dreaming has no click command (cli/main) to run")
-    group.main(args=list(ctx.args), prog_name="p8fs-run dreaming", standalone_mode=True)
+main.add_command(dreaming, "dreaming")
 
 
 @main.command()
@@ -420,6 +400,36 @@ def bridge(metrics_port: int | None) -> None:
         raise RunnerCliError(f"the SeaweedFS bridge is not available: {exc}") from exc
     with _services(embed=True) as settings:
         _run(_with_signals(lambda stop: run_bridge(settings, stop=stop, metrics_port=metrics_port)))
+
+
+@click.command("storage-worker")
+@click.option(
+    "--tier",
+    type=click.Choice(TIER_CHOICES),
+    default="small",
+    show_default=True,
+    help="Worker tier: small (< 100 MiB), medium (< 1 GiB), large, or test.",
+)
+@click.option(
+    "--send-sample",
+    "send_sample",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Self-test: upload FILE, publish its event to the TEST queue, process it, verify.",
+)
+@click.option("--grace", type=float, default=25.0, show_default=True)
+def storage_worker(tier: str, send_sample: Path | None, grace: float) -> None:
+    """Process a tier's storage events (the seed's storage worker), or run the self-test."""
+    _configure_logging(0)
+    if send_sample is not None:
+        run_selftest_command(tier, send_sample)
+    else:
+        run_worker(tier, grace=grace, metrics_port=None)
+
+
+#: The seed's ``python -m p8fs.cli router`` and ``storage-worker`` verbs: the commands the runner
+#: adds to the core ``p8fs`` CLI, by name. They run exactly what ``p8fs-run router`` and
+#: ``p8fs-run --tier T [--send-sample FILE]`` run.
+CORE_COMMANDS: dict[str, click.Command] = {"router": router, "storage-worker": storage_worker}
 
 
 if __name__ == "__main__":  # pragma: no cover

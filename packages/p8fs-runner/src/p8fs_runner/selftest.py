@@ -141,7 +141,7 @@ async def _run_selftest(
 ) -> SelfTestResult:
     from p8fs_runner.connection import connect_nats
     from p8fs_runner.processing import PipelineProcessor
-    from p8fs_runner.runtime import LazyDatabase
+    from p8fs_runner.service import LazyDatabase
     from p8fs_runner.topology import ConsumerNotFound, bind_consumer, ensure_topology
     from p8fs_runner.worker import Worker
 

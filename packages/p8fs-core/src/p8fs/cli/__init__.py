@@ -2,6 +2,10 @@
 
 Sub-commands are imported only when invoked (a lazy group), so ``p8fs --help`` and a worker's
 start stay fast. Plugins add commands through ``p8fs_register_commands(cli)``.
+
+Every command of the core is defined in this package, and only here does the core import click
+(``tests/core/test_cli_layout.py`` keeps that true): the jobs, models and database expose plain
+functions that the commands call.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "eval": "p8fs.cli.eval:eval_command",
     "search": "p8fs.cli.search:search",
     "embed": "p8fs.cli.search:embed",
+    "dreaming": "p8fs.cli.jobs:dreaming",
+    "moments": "p8fs.cli.jobs:moments",
 }
 
 

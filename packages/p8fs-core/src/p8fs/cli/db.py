@@ -1,5 +1,8 @@
 """``p8fs db``: create the schema (``init``), show it as SQL (``plan``), count rows (``status``).
 
+It also holds the seed's ``python -m p8fs.models.p8 --provider tidb --plan`` (:func:`models_p8`),
+which ``p8fs/models/p8.py`` runs when executed, so that the models never import the CLI.
+
 Schema creation is an explicit step, never a side effect of starting a worker, so that a
 production database is changed only when an operator says so. ``init`` is idempotent: it creates
 what is missing and says what was already there.
@@ -82,6 +85,14 @@ def run_init(provider: str | None = None, database_url: str | None = None) -> In
         raise click.ClickException(str(exc)) from exc
 
 
+def echo_plan(provider: str | None) -> None:
+    """Print the DDL for ``provider`` (default: the configured one), ready to pipe to a client."""
+    from p8fs.database import plan_ddl
+    from p8fs.settings import Settings
+
+    click.echo(plan_ddl(provider or Settings().storage_provider), nl=False)
+
+
 @click.group()
 def db() -> None:
     """Database schema: create it, print it, count rows."""
@@ -113,10 +124,7 @@ def init(provider: str | None, database_url: str | None) -> None:
 )
 def plan(provider: str | None) -> None:
     """Print the CREATE TABLE / CREATE INDEX statements for a dialect (pipe into a client)."""
-    from p8fs.database import plan_ddl
-    from p8fs.settings import Settings
-
-    click.echo(plan_ddl(provider or Settings().storage_provider), nl=False)
+    echo_plan(provider)
 
 
 @db.command()
@@ -143,3 +151,19 @@ def status(tenant_id: str | None, database_url: str | None) -> None:
     for table, count in counts.items():
         shown = "missing (run `p8fs db init`)" if count is None else str(count)
         click.echo(f"  {table:<10} {shown}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--provider",
+    type=click.Choice(PROVIDERS),
+    default=None,
+    help="sqlite, postgresql or tidb (default: P8FS_STORAGE_PROVIDER).",
+)
+@click.option("--plan", "plan_only", is_flag=True, help="Print the DDL instead of applying it.")
+def models_p8(provider: str | None, plan_only: bool) -> None:
+    """Print (--plan) or apply the p8fs schema."""
+    if plan_only:
+        echo_plan(provider)
+        return
+    click.echo(run_init(provider).describe())

@@ -1,4 +1,4 @@
-"""What every agent worker shares: a database it either borrows or owns."""
+"""What every LLM job shares: a database it either borrows or owns."""
 
 from __future__ import annotations
 
