@@ -15,9 +15,10 @@ import json
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import pytest
+from pydantic import BaseModel, Field
 
 from p8fs.agents import DreamModel, MomentBuilder
 from p8fs.agents.config import resolve_llm
@@ -190,6 +191,65 @@ async def test_dream_direct_on_llama_and_batch_refused(
     assert "no Batches API" in message and "--mode direct" in message
     assert llama_env.base_url in message
     assert not await sqlite_database.list_jobs(tenant_id=tenant, status=JobStatus.SUBMITTED)
+
+
+class Tally(BaseModel):
+    """Count the animals the user mentions."""
+
+    zebra_count: int = Field(ge=0)
+    quoll_names: list[str]
+    habitat: Literal["savanna", "forest"]
+
+
+@pytest.mark.parametrize("mode", ["tools", "json_schema", "grammar"])
+async def test_each_structured_output_mode_is_enforced_by_the_server(
+    llama_env: LlamaServer, small_answers: None, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each P8FS_LLM_STRUCTURED_OUTPUT mode, as the real server receives it, constrains the
+    answer to the schema. The prompt never names the fields (none of these modes shows the
+    schema to the model on a self-hosted server), so a valid ``Tally`` can only come from the
+    server enforcing it: tools and json_schema (sent as llama-cpp-python's ``json_object`` +
+    ``schema``, since it refuses the ``json_schema`` type) through its own schema grammar,
+    grammar through the GBNF that p8fs wrote. Usage is metered per HTTP request."""
+    from p8fs.agents.runtime import USAGE, UsageMeter, close_client, make_client
+    from p8fs.agents.runtime import structured_call as call
+
+    monkeypatch.setenv("P8FS_LLM_STRUCTURED_OUTPUT", mode)
+    config = resolve_llm("smollm2")
+    assert config.mode == mode and not config.schema_in_prompt
+    from p8fs.agents.limits import probe_server
+
+    await probe_server(config)  # learns that the server is llama-cpp-python
+    meter = UsageMeter()
+    token = USAGE.set(meter)
+    client = make_client(config)
+    try:
+        text = "Three zebras drank at the river; two quolls, Ada and Bo, watched them."
+        result = await call(client, Tally, text, config, max_tokens=120)
+    finally:
+        USAGE.reset(token)
+        await close_client(client)
+    assert isinstance(result, Tally) and result.zebra_count >= 0
+    assert result.habitat in ("savanna", "forest")
+    [record] = meter.calls
+    assert record.prompt_tokens and record.completion_tokens and record.seconds > 0
+    # The field names were not in the prompt: the answer's keys came from the constraint.
+    assert "zebra_count" not in text and "habitat" not in text
+
+
+async def test_moment_builder_in_grammar_mode(
+    llama_env: LlamaServer, small_answers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MomentBuilder end to end with the GBNF grammar p8fs writes: typed moments inside the
+    transcript (the grammar keeps timestamps well formed, so the time repair can clamp them)."""
+    monkeypatch.setenv("P8FS_LLM_STRUCTURED_OUTPUT", "grammar")
+    data = long_transcript(4)
+    result = await MomentBuilder.arun(data, model="smollm2")
+    assert result.moments
+    end = START + timedelta(seconds=30 * 4)
+    for m in result.moments:
+        assert m.moment_type in MOMENT_TYPES
+        assert START <= m.resource_timestamp <= m.resource_ends_timestamp <= end
 
 
 def _note(tenant: str, name: str, text: str) -> tuple[Any, list[Resource]]:

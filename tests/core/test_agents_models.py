@@ -205,6 +205,43 @@ def test_structured_output_setting_reaches_the_request(
         MomentBuilder.run(TRANSCRIPT, model="anthropic/" + Settings().default_model)
 
 
+def test_grammar_mode_sends_a_gbnf_grammar_and_no_response_format(
+    llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """grammar: the schema as GBNF in the body's ``grammar`` field, no response_format (which
+    llama-cpp-python would let override the grammar) and no tools; Anthropic refuses it."""
+    from p8fs.agents.grammar import grammar_for
+    from tests.fixtures.llm import Text
+
+    monkeypatch.setenv("P8FS_LLM_BASE_URL", llm_server.url + "/v1")
+    monkeypatch.setenv("P8FS_LLM_STRUCTURED_OUTPUT", "grammar")
+    reply = {
+        "moments": [
+            {
+                "name": "Hello",
+                "content": "A greeting.",
+                "resource_timestamp": "2025-01-13T09:00:00Z",
+                "resource_ends_timestamp": "2025-01-13T09:10:00Z",
+                "moment_type": "meeting",
+            }
+        ],
+        "analysis_summary": "One greeting.",
+    }
+    llm_server.replies.append(Text(json.dumps(reply)))
+    result = MomentBuilder.run(TRANSCRIPT, model="local")
+    assert result.moments[0].name == "Hello"
+    [request] = [r for r in llm_server.requests if r.path == "/v1/chat/completions"]
+    assert request.body is not None
+    assert request.body["grammar"] == grammar_for(MomentBuilder)
+    assert "response_format" not in request.body and "tools" not in request.body
+    grammar = request.body["grammar"]
+    assert grammar.startswith("root ::= ")
+    for moment_type in ("meeting", "worry", "travel"):  # the enum, one literal each
+        assert f'"\\"{moment_type}\\""' in grammar
+    with pytest.raises(ConfigurationError, match="grammar is not available for anthropic"):
+        MomentBuilder.run(TRANSCRIPT, model="anthropic/" + Settings().default_model)
+
+
 def _two_segments() -> dict[str, Any]:
     return {
         "transcript_id": "cut",

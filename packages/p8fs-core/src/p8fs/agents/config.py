@@ -22,10 +22,13 @@ Provider = Literal["anthropic", "openai"]
 #: How the model is made to answer in the agent's schema (instructor's mode), per provider:
 #: ``tools`` a forced tool/function call (Anthropic, OpenAI, vLLM, llama.cpp; llama-cpp-python
 #: turns it into a JSON-schema grammar), ``json_schema`` the response_format structured output
-#: (OpenAI, vLLM, llama.cpp's C++ server; Anthropic's structured outputs), ``json`` JSON mode with
-#: the schema in the system prompt (servers without tool calling), ``md_json`` JSON in a
-#: Markdown block (anything that returns text; OpenAI-compatible only).
-StructuredOutput = Literal["auto", "tools", "json_schema", "json", "md_json"]
+#: (OpenAI, vLLM, llama.cpp's C++ server; sent in llama-cpp-python's own ``json_object`` +
+#: ``schema`` form when the server is that one; Anthropic's structured outputs), ``grammar`` a
+#: GBNF grammar written from the schema in the request's ``grammar`` field (llama.cpp's servers;
+#: the strongest constraint a local server offers), ``json`` JSON mode with the schema in the
+#: system prompt (servers without tool calling), ``md_json`` JSON in a Markdown block (anything
+#: that returns text; OpenAI-compatible only).
+StructuredOutput = Literal["auto", "tools", "json_schema", "grammar", "json", "md_json"]
 
 #: Context windows (prompt + answer) assumed when neither the setting nor the server says.
 DEFAULT_WINDOWS: dict[str, int] = {"anthropic": 200_000, "openai": 128_000}
@@ -69,9 +72,10 @@ class LLMSettings(BaseSettings):
     structured_output: StructuredOutput = Field(
         "auto",
         description="How the answer is forced into the agent's schema: tools (a forced tool "
-        "call), json_schema (response_format structured output), json (JSON mode, schema in "
-        "the prompt), md_json (JSON in a Markdown block). auto: tools, which Anthropic, "
-        "OpenAI, vLLM and llama.cpp servers all honour.",
+        "call), json_schema (response_format structured output), grammar (a GBNF grammar "
+        "written from the schema, in the request's grammar field: llama.cpp servers), json "
+        "(JSON mode, schema in the prompt), md_json (JSON in a Markdown block). auto: tools, "
+        "which Anthropic, OpenAI, vLLM and llama.cpp servers all honour.",
     )
     max_retries: int = Field(
         2, ge=0, description="instructor re-asks after output that fails validation."
@@ -126,9 +130,9 @@ class LLMConfig:
     @property
     def schema_in_prompt(self) -> bool:
         """Whether the schema costs prompt tokens: hosted APIs render tools into the prompt and
-        JSON modes put the schema in the system message; a self-hosted server enforcing tools or
-        json_schema with a grammar usually does not show the schema to the model at all (if its
-        chat template does, its first context-length error corrects the estimate)."""
+        JSON modes put the schema in the system message; a self-hosted server enforcing tools,
+        json_schema or grammar with a grammar usually does not show the schema to the model at
+        all (if its chat template does, its first context-length error corrects the estimate)."""
         if self.mode in ("json", "md_json"):
             return True
         return not self.self_hosted

@@ -67,6 +67,9 @@ INSTRUCTOR_MODES: dict[tuple[str, str], str] = {
     ("anthropic", "json"): "JSON",
     ("openai", "tools"): "TOOLS",
     ("openai", "json_schema"): "JSON_SCHEMA",
+    # instructor has no grammar mode: its JSON_SCHEMA mode (the answer read from the message
+    # text, no schema in the prompt) with the request rewritten by :func:`adapt_request`.
+    ("openai", "grammar"): "JSON_SCHEMA",
     ("openai", "json"): "JSON",
     ("openai", "md_json"): "MD_JSON",
 }
@@ -104,6 +107,7 @@ def make_client(config: LLMConfig) -> Any:
             max_retries=config.sdk_max_retries,
             timeout=config.timeout,
         )
+        client.messages.create = _metered(client.messages.create)  # type: ignore[method-assign]
         return instructor.from_anthropic(client, mode=mode)
     import openai
 
@@ -113,12 +117,39 @@ def make_client(config: LLMConfig) -> Any:
         max_retries=config.sdk_max_retries,
         timeout=config.timeout,
     )
-    guard_truncation(oclient)
+    guard_requests(oclient, config)
     return instructor.from_openai(oclient, mode=mode)
 
 
-def guard_truncation(oclient: Any) -> None:
-    """Make a cut-off answer an ``IncompleteOutputException`` before instructor parses it.
+def adapt_request(kwargs: dict[str, Any], config: LLMConfig) -> dict[str, Any]:
+    """The request instructor built, in the dialect of the server it goes to.
+
+    * ``grammar``: :func:`structured_call` put the GBNF grammar in the body's ``grammar``
+      field; instructor's ``response_format`` is dropped (llama-cpp-python refuses its
+      ``json_schema`` type, and a ``json_object`` one would replace the grammar).
+    * ``json_schema`` on llama-cpp-python (known from its ``/extras/tokenize/count`` route):
+      its server refuses ``{"type": "json_schema", ...}`` (its request model allows only
+      ``text`` and ``json_object``) and enforces a schema given as
+      ``{"type": "json_object", "schema": ...}``, so the schema is sent that way.
+    """
+    if config.mode == "grammar" and "grammar" in (kwargs.get("extra_body") or {}):
+        kwargs.pop("response_format", None)
+        return kwargs
+    response_format = kwargs.get("response_format")
+    if (
+        config.mode == "json_schema"
+        and isinstance(response_format, dict)
+        and response_format.get("type") == "json_schema"
+        and facts_for(config).tokenizer == "llama-cpp-python"
+    ):
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        kwargs["response_format"] = {"type": "json_object", "schema": schema}
+    return kwargs
+
+
+def guard_requests(oclient: Any, config: LLMConfig) -> None:
+    """Send each request in the server's dialect (:func:`adapt_request`) and make a cut-off
+    answer an ``IncompleteOutputException`` before instructor parses it.
 
     instructor detects a cut-off only by ``finish_reason == "length"``. llama-cpp-python
     reports ``tool_calls`` even when it stopped at ``max_tokens`` (or at the end of its window,
@@ -131,8 +162,10 @@ def guard_truncation(oclient: Any) -> None:
     completions = oclient.chat.completions
     create = completions.create
 
+    metered = _metered(create)
+
     async def create_checked(*args: Any, **kwargs: Any) -> Any:
-        response = await create(*args, **kwargs)
+        response = await metered(*args, **adapt_request(kwargs, config))
         reason = cut_off_reason(response, kwargs.get("max_tokens"))
         if reason is not None:
             from instructor.core import IncompleteOutputException
@@ -344,7 +377,7 @@ class CallRecord:
 
 @dataclass
 class UsageMeter:
-    """Collects every answered call made while it is installed (benchmarks, ``p8fs eval -v``)."""
+    """Collects every answered HTTP request made while it is installed (benchmarks)."""
 
     calls: list[CallRecord] = field(default_factory=list)
 
@@ -355,14 +388,29 @@ USAGE: contextvars.ContextVar[UsageMeter | None] = contextvars.ContextVar(
 )
 
 
-def _record_usage(result: Any, seconds: float) -> None:
-    meter = USAGE.get()
-    if meter is None:
-        return
-    usage = getattr(getattr(result, "_raw_response", None), "usage", None)
-    prompt = getattr(usage, "prompt_tokens", None) or getattr(usage, "input_tokens", None)
-    completion = getattr(usage, "completion_tokens", None) or getattr(usage, "output_tokens", None)
-    meter.calls.append(CallRecord(seconds, prompt, completion))
+def _metered(create: Any) -> Any:
+    """``create`` of an SDK client, recording each answered HTTP request in :data:`USAGE`.
+
+    Metered at the SDK, under instructor, so that every request counts: re-asks, answers that
+    failed validation and were repaired or salvaged, cut-off answers, final summary calls.
+    """
+
+    async def create_metered(*args: Any, **kwargs: Any) -> Any:
+        import time
+
+        started = time.perf_counter()
+        response = await create(*args, **kwargs)
+        meter = USAGE.get()
+        if meter is not None:
+            usage = getattr(response, "usage", None)
+            prompt = getattr(usage, "prompt_tokens", None) or getattr(usage, "input_tokens", None)
+            completion = getattr(usage, "completion_tokens", None) or getattr(
+                usage, "output_tokens", None
+            )
+            meter.calls.append(CallRecord(time.perf_counter() - started, prompt, completion))
+        return response
+
+    return create_metered
 
 
 async def structured_call(
@@ -384,6 +432,10 @@ async def structured_call(
         "context": context,
         "max_tokens": max_tokens or config.max_output_tokens,
     }
+    if config.mode == "grammar":
+        from p8fs.agents.grammar import grammar_for
+
+        kwargs["extra_body"] = {"grammar": grammar_for(response_model)}
     if config.provider == "anthropic":
         kwargs["system"] = system
         kwargs["messages"] = [{"role": "user", "content": user_text}]
@@ -392,9 +444,6 @@ async def structured_call(
             {"role": "system", "content": system},
             {"role": "user", "content": user_text},
         ]
-    import time
-
-    started = time.perf_counter()
     try:
         result: M = await client.create(**kwargs)
     except Exception as exc:
@@ -406,7 +455,6 @@ async def structured_call(
             "%s: answer accepted once parsed leniently (%s)", response_model.__name__, error
         )
         return lenient
-    _record_usage(result, time.perf_counter() - started)
     return result
 
 
