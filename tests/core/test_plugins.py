@@ -40,7 +40,6 @@ def p8fs_register_providers(register):
 
 
 from p8fs.chunking import Chunk, Chunker
-from pydantic import BaseModel
 from typing import ClassVar
 import click
 
@@ -50,17 +49,20 @@ class LineChunker(Chunker):
         for i, section in enumerate(sections):
             yield Chunk(section.text, i, 1)
 
-class Haiku(BaseModel):
-    "Write a haiku about the input."
-    agent_aliases: ClassVar[tuple[str, ...]] = ("agentlets.poems.Haiku",)
-    lines: list[str]
-
 @hookimpl
 def p8fs_register_chunkers(register):
     register(LineChunker)
 
 @hookimpl
 def p8fs_register_agents(register):
+    # Imported inside the hook, which runs on the first agent lookup.
+    from p8fs.agents import Agent
+
+    class Haiku(Agent):
+        "Write a haiku about the input."
+        agent_aliases: ClassVar[tuple[str, ...]] = ("agentlets.poems.Haiku",)
+        lines: list[str]
+
     register(Haiku)
 
 @hookimpl
@@ -78,6 +80,10 @@ from p8fs import hookimpl
 @hookimpl
 def p8fs_register_providers(register):
     raise ValueError('boom in hook')
+
+@hookimpl
+def p8fs_register_agents(register):
+    raise ValueError('boom in the agents hook')
 """
 
 
@@ -117,11 +123,15 @@ def test_entry_point_plugin_is_discovered_with_version(third_party: Path) -> Non
 
 def test_broken_plugins_are_reported_by_name_and_skipped(third_party: Path) -> None:
     plugins = load_plugins()
-    failures = {f.name: f for f in plugins.failures}
+    failures = {f.name: f for f in plugins.failures if f.stage != "p8fs_register_agents"}
     assert failures["broken-import"].stage == "import"
     assert "boom at import" in failures["broken-import"].error
     assert failures["broken-hook"].stage == "p8fs_register_providers"
     assert "boom in hook" in failures["broken-hook"].error
+    # The deferred agents hook ran when failures were asked for; its failure is listed too.
+    [agents_failure] = [f for f in plugins.failures if f.stage == "p8fs_register_agents"]
+    assert agents_failure.name == "broken-hook" and "boom in the agents" in agents_failure.error
+    assert "MomentBuilder" in plugins.registry.agents
     # The others still loaded and registered.
     assert "fancy" in plugins.registry.providers
     assert "text" in plugins.registry.providers
@@ -259,11 +269,75 @@ def test_p8fs_register_commands_adds_a_cli_verb(third_party: Path) -> None:
 
 
 def test_agent_without_docstring_is_refused() -> None:
-    from pydantic import BaseModel
+    from p8fs.agents import Agent
 
-    class Silent(BaseModel):
+    class Silent(Agent):
         x: int
 
+    Silent.__doc__ = None
     registry = Registry()
     with pytest.raises(PluginError, match="docstring"):
         registry.add_agent(Silent, "x")
+
+
+def test_an_agent_must_subclass_agent() -> None:
+    """The runtime calls prepare_input/merge/postprocess: a bare pydantic model cannot run, so
+    it is refused when registered, not when `p8fs eval` first tries it."""
+    from pydantic import BaseModel
+
+    class Bare(BaseModel):
+        "Write a poem."
+
+        x: int
+
+    with pytest.raises(PluginError, match=r"must subclass p8fs\.agents\.base\.Agent"):
+        Registry().add_agent(Bare, "x")  # type: ignore[arg-type]
+
+
+_DEFERRAL_PROBE = """
+import json, sys
+from p8fs.plugins import get_plugins, get_registry
+stages = {}
+from p8fs.cli import main
+try:
+    main(["--help"])
+except SystemExit:
+    pass
+stages["help"] = "p8fs.agents.moments" in sys.modules
+registry = get_registry()
+registry.provider_for("text/plain", ".txt")
+stages["worker"] = "p8fs.agents.moments" in sys.modules
+stages["found"] = registry.agents.get("agentlets.moments.MomentBuilder").__name__
+stages["after"] = "p8fs.agents.moments" in sys.modules
+print(json.dumps(stages))
+"""
+
+
+def test_agent_registration_runs_on_the_first_agent_lookup() -> None:
+    """`p8fs --help` and a worker's registry (providers) build no agent model; the first agent
+    lookup registers them. A fresh interpreter: this one has imported the agents already."""
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", _DEFERRAL_PROBE], capture_output=True, text=True, check=True
+    )
+    stages = json.loads(done.stdout.strip().splitlines()[-1])
+    assert stages == {"help": False, "worker": False, "found": "MomentBuilder", "after": True}
+
+
+def test_a_deferred_fill_runs_once_and_may_read_its_own_registry() -> None:
+    registry = Registry()
+    calls = []
+
+    def fill() -> None:
+        calls.append(len(registry.agents))  # a re-entrant read sees what is there, no loop
+        from p8fs.agents import MomentBuilder
+
+        registry.add_agent(MomentBuilder, "late")
+
+    registry.agents.defer(fill)
+    assert calls == []
+    assert registry.agents.names() == ["MomentBuilder"]
+    assert "agentlets.moments.MomentBuilder" in registry.agents
+    assert calls == [0]

@@ -16,13 +16,14 @@ A plugin is any module with functions named like the specs below, decorated with
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
     import click
 
+    from p8fs.agents.base import Agent
     from p8fs.chunking import Chunker
     from p8fs.embedding import Embedder
     from p8fs.providers import ContentProvider
@@ -61,13 +62,19 @@ def p8fs_register_chunkers(register: Callable[[type[Chunker]], None]) -> None:
 
 
 @hookspec
-def p8fs_register_agents(register: Callable[[type[Any]], None]) -> None:
+def p8fs_register_agents(register: Callable[[type[Agent]], None]) -> None:
     """Register agent classes: pydantic models run through instructor against an LLM.
 
-    Call ``register(AgentClass)`` with a pydantic model whose docstring is the system prompt and
-    whose fields are the typed output. The agent is found by its class name and by its
-    ``agent_aliases`` (for example ``"agentlets.moments.MomentBuilder"``, the name the original
-    system's ``eval --agent-model`` used). Names are unique across all plugins.
+    Call ``register(AgentClass)`` with a subclass of :class:`p8fs.agents.Agent` (a pydantic
+    model) whose docstring is the system prompt and whose fields are the typed output; the
+    runtime calls its ``prepare_input``/``merge``/``postprocess``, so a bare pydantic model is
+    refused. The agent is found by its class name and by its ``agent_aliases`` (for example
+    ``"agentlets.moments.MomentBuilder"``, the name ``p8fs eval --agent-model`` accepts). Names
+    are unique across all plugins.
+
+    This hook is called on the first lookup of an agent, not when plugins load: import the
+    agent classes inside the hook function, not at the top of the plugin module, so that
+    commands and workers that run no agent never build their models.
     """
 
 

@@ -13,7 +13,9 @@ control loading:
     Any non-empty value logs every hook call and its result (pluggy tracing) to stderr.
 
 A plugin that fails to import, or whose hook raises, is recorded in :attr:`Plugins.failures` with
-its name and the error, and skipped; the others load normally.
+its name and the error, and skipped; the others load normally. Plugin modules are imported and
+most registration hooks called at load; the hooks in :data:`DEFERRED_HOOKS` (the agents) run on
+the first read of the registry they fill.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import entry_points
 from types import ModuleType
 from typing import Any
@@ -55,6 +58,11 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "p8fs_register_embedders": "add_embedder",
 }
 
+#: Hooks called when their registry is first read instead of at load, with the registry each
+#: fills. Registering an agent builds its pydantic models (about half of plugin loading), which
+#: only agent commands and the LLM workers use; ``p8fs --help`` and a storage worker never do.
+DEFERRED_HOOKS: dict[str, str] = {"p8fs_register_agents": "agents"}
+
 
 @dataclass(frozen=True, slots=True)
 class PluginInfo:
@@ -83,10 +91,19 @@ class Plugins:
     manager: pluggy.PluginManager
     registry: Registry
     info: dict[str, PluginInfo] = field(default_factory=dict)
-    failures: list[PluginFailure] = field(default_factory=list)
+    #: Failures so far (a deferred hook adds its own when it runs); :attr:`failures` has all.
+    load_failures: list[PluginFailure] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[PluginFailure]:
+        """Every plugin failure, deferred hooks run first so that theirs are included."""
+        self.registry.load_all()
+        return self.load_failures
 
     @property
     def problems(self) -> list[RegistrationProblem]:
+        """Every refused registration, deferred hooks run first."""
+        self.registry.load_all()
         return self.registry.problems
 
     def registered_by(self, plugin: str) -> dict[str, list[str]]:
@@ -113,7 +130,7 @@ class Plugins:
                 caller(**kwargs_for(plugin_name))
             except Exception as exc:  # a broken plugin must not take the others down
                 log.warning("plugin %r failed in %s: %s", plugin_name, hook_name, exc)
-                self.failures.append(PluginFailure(plugin_name, hook_name, _describe(exc)))
+                self.load_failures.append(PluginFailure(plugin_name, hook_name, _describe(exc)))
 
 
 def _describe(exc: BaseException) -> str:
@@ -170,7 +187,7 @@ def load_plugins() -> Plugins:
             module = importlib.import_module(module_name)
             manager.register(module, name=module_name)
         except Exception as exc:
-            plugins.failures.append(PluginFailure(module_name, "import", _describe(exc)))
+            plugins.load_failures.append(PluginFailure(module_name, "import", _describe(exc)))
             continue
         plugins.info[module_name] = PluginInfo(
             module_name, module_name, "p8fs-core", __version__, builtin=True
@@ -184,7 +201,7 @@ def load_plugins() -> Plugins:
             manager.register(module, name=ep.name)
         except Exception as exc:
             log.warning("plugin %r could not be loaded: %s", ep.name, exc)
-            plugins.failures.append(PluginFailure(ep.name, "import", _describe(exc)))
+            plugins.load_failures.append(PluginFailure(ep.name, "import", _describe(exc)))
             continue
         dist = ep.dist.name if ep.dist is not None else None
         ver = ep.dist.version if ep.dist is not None else None
@@ -205,13 +222,15 @@ def load_plugins() -> Plugins:
                 except PluginError as exc:
                     # Refuse this one class; the plugin's other registrations still count.
                     log.warning("%s", exc)
-                    registry.problems.append(
-                        RegistrationProblem(plugin_name, hook_name, str(exc))
-                    )
+                    registry.problems.append(RegistrationProblem(plugin_name, hook_name, str(exc)))
 
             return {"register": register}
 
-        plugins._call_each(hook_name, kwargs_for)
+        deferred = DEFERRED_HOOKS.get(hook_name)
+        if deferred is None:
+            plugins._call_each(hook_name, kwargs_for)
+        else:
+            getattr(registry, deferred).defer(partial(plugins._call_each, hook_name, kwargs_for))
     return plugins
 
 

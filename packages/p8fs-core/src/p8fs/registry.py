@@ -1,17 +1,24 @@
 """Registries: what plugins registered, validated, de-duplicated and indexed for lookup.
 
 The plugin hooks are called once to fill a :class:`Registry`; from then on lookups are plain
-dictionary reads, so no hook ever sits on the hot path of processing a file.
+dictionary reads, so no hook ever sits on the hot path of processing a file. A kind of class may
+be filled on its first read instead of at start (:meth:`NamedRegistry.defer`): the agents are,
+because building their pydantic models costs more than a command or a worker that never runs an
+agent should pay.
 """
 
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from p8fs.errors import PluginError, UnsupportedContent
+
+if TYPE_CHECKING:  # pragma: no cover
+    from p8fs.agents.base import Agent
 
 T = TypeVar("T")
 
@@ -35,23 +42,54 @@ class RegistrationProblem:
 
 
 class NamedRegistry(Generic[T]):
-    """Classes of one kind, unique by name, remembering which plugin registered each."""
+    """Classes of one kind, unique by name, remembering which plugin registered each.
 
-    def __init__(self, kind: str, base: type[T] | None, validate: Callable[[type[T]], None]):
+    ``base`` returns the class every registration must subclass; it is called on the first
+    registration, so that building an empty registry imports no kind's module.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        base: Callable[[], type[T]] | None,
+        validate: Callable[[type[T]], None],
+    ):
         self.kind = kind
         self._base = base
         self._validate = validate
         self._items: dict[str, Registration[T]] = {}
         self._aliases: dict[str, str] = {}
+        self._fill: Callable[[], None] | None = None
+        self._filling = False
+        self._lock = threading.RLock()
+
+    def defer(self, fill: Callable[[], None]) -> None:
+        """Call ``fill`` (which registers this kind's classes) on the first read, not now."""
+        self._fill = fill
+
+    def load(self) -> None:
+        """Run a deferred fill now (once; concurrent readers wait for it to finish)."""
+        if self._fill is None:
+            return
+        with self._lock:  # re-entrant: a fill that reads this registry sees what it added so far
+            fill = self._fill
+            if fill is None or self._filling:
+                return
+            self._filling = True
+            try:
+                fill()
+            finally:
+                self._fill, self._filling = None, False
 
     def add(self, cls: type[T], plugin: str, *, aliases: Iterable[str] = ()) -> Registration[T]:
         """Validate and add ``cls``; raise :class:`PluginError` (naming both plugins) on conflict."""
         if not inspect.isclass(cls):
             raise PluginError(f"{plugin}: {self.kind} registration must be a class, got {cls!r}")
-        if self._base is not None and not issubclass(cls, self._base):
+        base = self._base() if self._base is not None else None
+        if base is not None and not issubclass(cls, base):
             raise PluginError(
-                f"{plugin}: {cls.__qualname__} must subclass {self._base.__module__}."
-                f"{self._base.__qualname__} to be registered as a {self.kind}"
+                f"{plugin}: {cls.__qualname__} must subclass {base.__module__}."
+                f"{base.__qualname__} to be registered as a {self.kind}"
             )
         self._validate(cls)
         name = self.name_of(cls)
@@ -75,6 +113,7 @@ class NamedRegistry(Generic[T]):
         return name if isinstance(name, str) else cls.__name__
 
     def get(self, name: str) -> type[T]:
+        self.load()
         key = self._aliases.get(name, name)
         try:
             return self._items[key].cls
@@ -83,22 +122,24 @@ class NamedRegistry(Generic[T]):
             raise PluginError(f"no {self.kind} named {name!r} (registered: {known})") from None
 
     def registration(self, name: str) -> Registration[T]:
+        self.load()
         return self._items[self._aliases.get(name, name)]
 
     def __contains__(self, name: object) -> bool:
+        self.load()
         return isinstance(name, str) and (name in self._items or name in self._aliases)
 
     def __iter__(self) -> Iterator[Registration[T]]:
-        return iter(self._items.values())
+        self.load()
+        return iter(list(self._items.values()))
 
     def __len__(self) -> int:
+        self.load()
         return len(self._items)
 
     def names(self) -> list[str]:
+        self.load()
         return sorted(self._items)
-
-    def aliases_of(self, name: str) -> list[str]:
-        return sorted(alias for alias, target in self._aliases.items() if target == name)
 
 
 def _validate_provider(cls: type[Any]) -> None:
@@ -111,10 +152,14 @@ def _validate_provider(cls: type[Any]) -> None:
         raise PluginError(f"provider {name!r} claims no `mime_types` and no `extensions`")
     for mime in mime_types:
         if not isinstance(mime, str) or "/" not in mime or mime != mime.lower():
-            raise PluginError(f"provider {name!r}: MIME type {mime!r} must look like 'type/sub' in lower case")
+            raise PluginError(
+                f"provider {name!r}: MIME type {mime!r} must look like 'type/sub' in lower case"
+            )
     for ext in extensions:
         if not isinstance(ext, str) or not ext.startswith(".") or ext != ext.lower():
-            raise PluginError(f"provider {name!r}: extension {ext!r} must be lower case and start with '.'")
+            raise PluginError(
+                f"provider {name!r}: extension {ext!r} must be lower case and start with '.'"
+            )
     if not isinstance(getattr(cls, "priority", 0), int):
         raise PluginError(f"provider {name!r}: `priority` must be an int")
     if inspect.isabstract(cls):
@@ -131,12 +176,6 @@ def _validate_chunker(cls: type[Any]) -> None:
 
 
 def _validate_agent(cls: type[Any]) -> None:
-    try:
-        from pydantic import BaseModel
-    except ImportError:  # pragma: no cover - pydantic is a core dependency
-        return
-    if not issubclass(cls, BaseModel):
-        raise PluginError(f"agent {cls.__qualname__} must be a pydantic model")
     if not (cls.__doc__ or "").strip():
         raise PluginError(f"agent {cls.__qualname__} needs a docstring: it is the system prompt")
 
@@ -155,16 +194,16 @@ class Registry:
     """Everything the loaded plugins registered, plus what was refused and why."""
 
     providers: NamedRegistry[Any] = field(
-        default_factory=lambda: NamedRegistry("provider", _provider_base(), _validate_provider)
+        default_factory=lambda: NamedRegistry("provider", _provider_base, _validate_provider)
     )
     chunkers: NamedRegistry[Any] = field(
-        default_factory=lambda: NamedRegistry("chunker", _chunker_base(), _validate_chunker)
+        default_factory=lambda: NamedRegistry("chunker", _chunker_base, _validate_chunker)
     )
-    agents: NamedRegistry[Any] = field(
-        default_factory=lambda: NamedRegistry("agent", None, _validate_agent)
+    agents: NamedRegistry[Agent] = field(
+        default_factory=lambda: NamedRegistry("agent", _agent_base, _validate_agent)
     )
     embedders: NamedRegistry[Any] = field(
-        default_factory=lambda: NamedRegistry("embedder", _embedder_base(), _validate_embedder)
+        default_factory=lambda: NamedRegistry("embedder", _embedder_base, _validate_embedder)
     )
     problems: list[RegistrationProblem] = field(default_factory=list)
     _by_mime: dict[str, list[Registration[Any]]] = field(default_factory=dict)
@@ -183,7 +222,7 @@ class Registry:
     def add_chunker(self, cls: type[Any], plugin: str) -> None:
         self.chunkers.add(cls, plugin)
 
-    def add_agent(self, cls: type[Any], plugin: str) -> None:
+    def add_agent(self, cls: type[Agent], plugin: str) -> None:
         self.agents.add(cls, plugin, aliases=getattr(cls, "agent_aliases", ()))
 
     def add_embedder(self, cls: type[Any], plugin: str) -> None:
@@ -196,12 +235,19 @@ class Registry:
         # Highest priority first; ties keep registration order (built-ins register first).
         bucket.sort(key=lambda r: -int(r.cls.priority))
 
+    def load_all(self) -> None:
+        """Run every deferred fill (listing everything, e.g. ``p8fs plugins``)."""
+        for kind in (self.providers, self.chunkers, self.agents, self.embedders):
+            kind.load()
+
     # -- lookup -------------------------------------------------------------------------
     def providers_for_mime(self, mime_type: str) -> list[type[Any]]:
+        self.providers.load()
         mime = mime_type.split(";", 1)[0].strip().lower()
         return [r.cls for r in self._by_mime.get(mime, [])]
 
     def providers_for_extension(self, extension: str) -> list[type[Any]]:
+        self.providers.load()
         ext = extension.lower()
         if ext and not ext.startswith("."):
             ext = "." + ext
@@ -255,6 +301,12 @@ def _chunker_base() -> type[Any]:
     from p8fs.chunking import Chunker
 
     return Chunker
+
+
+def _agent_base() -> type[Agent]:
+    from p8fs.agents.base import Agent
+
+    return Agent
 
 
 def _embedder_base() -> type[Any]:
