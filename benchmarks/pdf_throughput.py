@@ -34,6 +34,16 @@ ligatures compare equal; whitespace collapsed): ``F1`` is the token-multiset F1 
 index sees), ``order`` is difflib's ratio on the token sequences (reading order), both summed
 over all files weighted by size.
 
+Book (after the table, or alone with ``--book``; ``--no-book`` skips it): one book-length PDF, built at run time from corpus PDFs with pypdfium2's
+page import (:data:`BOOK_PARTS`: GeoTopo five times and tracemonkey three times, 627 pages;
+nothing generated is committed), processed whole the way ``p8fs process`` does it (the real
+pipeline: sniffing, the PDF provider with its stream check, chunking, the files and resources
+rows in a fresh SQLite database each time), side by side with raw pypdfium2 reading every
+page's text. Both run in one worker process, alternating, after a warm-up of each; the report
+is the median whole-file wall time of each over ``--repeat`` runs and the ratio p8fs/raw (the
+target is at most 1.5), with CPU seconds and the machine's load average beside them, since a
+shared machine moves wall time.
+
 Timing: each file's best of ``--rounds`` x ``--repeat`` runs (one run for the slow engines),
 each worker after a warm-up extraction that is not counted; rounds alternate the engines so
 that load from other processes spreads over all of them. Pages per second = all pages / sum of the files' times.
@@ -203,6 +213,137 @@ def _make_extractor(engine: str) -> Extractor:
     raise SystemExit(f"unknown engine {engine!r}")
 
 
+#: The corpus PDFs a book is assembled from, and how many copies of each (in this order).
+BOOK_PARTS = (("pdf/spf_GeoTopo-komprimiert.pdf", 5), ("pdf/pdfjs_tracemonkey.pdf", 3))
+
+
+def build_book(corpus: Path, target: Path) -> int:
+    """Write a book-length PDF assembled from :data:`BOOK_PARTS` to ``target``; its page count."""
+    import pypdfium2
+
+    book = pypdfium2.PdfDocument.new()
+    try:
+        for relative, copies in BOOK_PARTS:
+            part = pypdfium2.PdfDocument(corpus / relative)
+            try:
+                for _ in range(copies):
+                    book.import_pages(part)
+            finally:
+                part.close()
+        book.save(target)
+        return len(book)
+    finally:
+        book.close()
+
+
+def run_book_worker() -> None:
+    """Read ``{"book": path, "repeat": n, "warmup": path}``; time raw pypdfium2 and p8fs on it.
+
+    Alternating the two in one process puts both under the same load, run by run.
+    """
+    import asyncio
+    import logging
+    import statistics
+    import tempfile
+
+    logging.disable(logging.WARNING)
+    job = json.load(sys.stdin)
+    book, warmup = job["book"], job["warmup"]
+    raw = _pypdfium2_extractor()
+
+    from p8fs.database import Database
+    from p8fs.pipeline import aingest
+
+    async def ingest(path: str, folder: str) -> tuple[float, float, int]:
+        database = Database(f"sqlite+aiosqlite:///{folder}/p8fs.db")
+        try:
+            await database.init_schema()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            result = await aingest(path, "bench", database=database)
+            return time.perf_counter() - start, time.process_time() - start_cpu, result.chunks
+        finally:
+            await database.dispose()
+
+    def p8fs_once(path: str) -> tuple[float, float, int]:
+        with tempfile.TemporaryDirectory(prefix="p8fs-book-") as folder:
+            return asyncio.run(ingest(path, folder))
+
+    def raw_once(path: str) -> tuple[float, float]:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        raw(path)
+        return time.perf_counter() - start, time.process_time() - start_cpu
+
+    raw_once(warmup)
+    p8fs_once(warmup)
+    raw_runs: list[tuple[float, float]] = []
+    p8fs_runs: list[tuple[float, float]] = []
+    chunks = 0
+    for _ in range(job["repeat"]):
+        raw_runs.append(raw_once(book))
+        wall, cpu, chunks = p8fs_once(book)
+        p8fs_runs.append((wall, cpu))
+    median = statistics.median
+    json.dump(
+        {
+            "raw_seconds": [w for w, _ in raw_runs],
+            "p8fs_seconds": [w for w, _ in p8fs_runs],
+            "raw_median": median(w for w, _ in raw_runs),
+            "p8fs_median": median(w for w, _ in p8fs_runs),
+            "raw_cpu_median": median(c for _, c in raw_runs),
+            "p8fs_cpu_median": median(c for _, c in p8fs_runs),
+            "chunks": chunks,
+        },
+        sys.stdout,
+    )
+
+
+def book_benchmark(corpus: Path, repeat: int, json_path: Path | None) -> None:
+    """``--book``: the whole-file comparison described in the module docstring."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="p8fs-book-") as folder:
+        book = Path(folder) / "book.pdf"
+        pages = build_book(corpus, book)
+        size = book.stat().st_size
+        job = {"book": str(book), "repeat": repeat, "warmup": str(corpus / BOOK_PARTS[-1][0])}
+        load_before = os.getloadavg()[0]
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--book-worker"],
+            input=json.dumps(job).encode(),
+            capture_output=True,
+            env=dict(os.environ, PYTHONWARNINGS="ignore"),
+            check=False,
+        )
+        load_after = os.getloadavg()[0]
+    if done.returncode != 0:
+        raise SystemExit(done.stderr.decode("utf-8", "replace"))
+    result = json.loads(done.stdout)
+    result.update(pages=pages, bytes=size)
+    result["ratio"] = result["p8fs_median"] / result["raw_median"]
+    result["cpu_ratio"] = result["p8fs_cpu_median"] / result["raw_cpu_median"]
+    result["load_average"] = [load_before, load_after]
+    print(
+        f"book: {pages} pages ({' + '.join(f'{Path(p).name} x{n}' for p, n in BOOK_PARTS)}), "
+        f"{result['chunks']} chunks, {repeat} runs each, load average {load_before:.1f} -> "
+        f"{load_after:.1f} on {os.cpu_count()} CPUs\n"
+    )
+    print("| engine | median wall s | median CPU s | runs (wall s) |")
+    print("|---|--:|--:|---|")
+    for engine in ("raw", "p8fs"):
+        runs = ", ".join(f"{s:.2f}" for s in result[f"{engine}_seconds"])
+        name = "raw pypdfium2" if engine == "raw" else "p8fs (extract, chunk, store)"
+        print(
+            f"| {name} | {result[f'{engine}_median']:.2f} | {result[f'{engine}_cpu_median']:.2f} "
+            f"| {runs} |"
+        )
+    print(
+        f"\np8fs / raw: {result['ratio']:.2f} wall, {result['cpu_ratio']:.2f} CPU (target: wall "
+        "<= 1.5)"
+    )
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2))
+
+
 def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
@@ -364,10 +505,23 @@ def main() -> None:
     )
     parser.add_argument("--per-file", action="store_true", help="also print per-file agreement")
     parser.add_argument("--json", type=Path, help="write the summary as JSON here")
+    parser.add_argument(
+        "--book",
+        action="store_true",
+        help="only the book-length PDF: whole-file wall time of p8fs next to raw pypdfium2",
+    )
+    parser.add_argument("--no-book", action="store_true", help="skip the book-length PDF")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--book-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         run_worker(args.worker)
+        return
+    if args.book_worker:
+        run_book_worker()
+        return
+    if args.book:
+        book_benchmark(args.corpus, max(args.repeat, 1), args.json)
         return
 
     files, references, skipped = select_files(args.corpus)
@@ -496,6 +650,10 @@ def main() -> None:
         args.json.write_text(
             json.dumps({"rows": rows, "failures": failures, "skipped": skipped}, indent=2)
         )
+    if not args.no_book:
+        print()
+        book_json = args.json.with_suffix(".book.json") if args.json else None
+        book_benchmark(args.corpus, max(args.repeat, 5), book_json)
 
 
 if __name__ == "__main__":
