@@ -303,10 +303,11 @@ try:
     main(["--help"])
 except SystemExit:
     pass
-stages["help"] = "p8fs.agents.moments" in sys.modules
+built = lambda: ["p8fs.agents.moments" in sys.modules, "p8fs.embedding" in sys.modules]
+stages["help"] = built()
 registry = get_registry()
 registry.provider_for("text/plain", ".txt")
-stages["worker"] = "p8fs.agents.moments" in sys.modules
+stages["worker"] = built()
 stages["found"] = registry.agents.get("agentlets.moments.MomentBuilder").__name__
 stages["after"] = "p8fs.agents.moments" in sys.modules
 print(json.dumps(stages))
@@ -314,8 +315,8 @@ print(json.dumps(stages))
 
 
 def test_agent_registration_runs_on_the_first_agent_lookup() -> None:
-    """`p8fs --help` and a worker's registry (providers) build no agent model; the first agent
-    lookup registers them. A fresh interpreter: this one has imported the agents already."""
+    """`p8fs --help` and a worker's registry (providers) build no agent model and import no
+    embedder; the first agent lookup registers the agents. A fresh interpreter: this one has imported the agents already."""
     import json
     import subprocess
 
@@ -323,7 +324,12 @@ def test_agent_registration_runs_on_the_first_agent_lookup() -> None:
         [sys.executable, "-c", _DEFERRAL_PROBE], capture_output=True, text=True, check=True
     )
     stages = json.loads(done.stdout.strip().splitlines()[-1])
-    assert stages == {"help": False, "worker": False, "found": "MomentBuilder", "after": True}
+    assert stages == {
+        "help": [False, False],  # [agents built, embedders imported]
+        "worker": [False, False],
+        "found": "MomentBuilder",
+        "after": True,
+    }
 
 
 def test_a_deferred_fill_runs_once_and_may_read_its_own_registry() -> None:

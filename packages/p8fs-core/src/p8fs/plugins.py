@@ -60,8 +60,13 @@ REGISTRATION_HOOKS: dict[str, str] = {
 
 #: Hooks called when their registry is first read instead of at load, with the registry each
 #: fills. Registering an agent builds its pydantic models (about half of plugin loading), which
-#: only agent commands and the LLM workers use; ``p8fs --help`` and a storage worker never do.
-DEFERRED_HOOKS: dict[str, str] = {"p8fs_register_agents": "agents"}
+#: only agent commands and the LLM jobs use; the embedders' module defines pydantic models too,
+#: used only when something embeds or searches. ``p8fs --help`` and a storage worker that does
+#: not embed pay for neither.
+DEFERRED_HOOKS: dict[str, str] = {
+    "p8fs_register_agents": "agents",
+    "p8fs_register_embedders": "embedders",
+}
 
 
 @dataclass(frozen=True, slots=True)
