@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from p8fs.agents.base import Agent, AgentInput
 from p8fs.agents.config import LLMConfig
+from p8fs.agents.contract import AgentContract, AgentInput
 from p8fs.agents.errors import AgentOutputError
 from p8fs.agents.runtime import system_prompt_of, tool_definition, translate_error
 from p8fs.errors import ConfigurationError
@@ -30,7 +30,7 @@ class BatchRequest:
     """One request of a batch: which agent, on what text, under which id."""
 
     custom_id: str
-    agent: type[Agent]
+    agent: type[AgentContract]
     user_text: str
     #: The answer's budget (default P8FS_LLM_MAX_OUTPUT_TOKENS), sized to the window.
     max_tokens: int | None = None
@@ -167,7 +167,7 @@ async def submit_batch(requests: list[BatchRequest], config: LLMConfig) -> str:
         raise translate_error(exc, requests[0].agent, config) from exc
 
 
-async def fetch_batch(batch_id: str, config: LLMConfig, agent: type[Agent]) -> BatchResults:
+async def fetch_batch(batch_id: str, config: LLMConfig, agent: type[AgentContract]) -> BatchResults:
     """The batch's state and, once it has ended, each request's tool input or error."""
     try:
         if config.provider == "anthropic":
@@ -179,7 +179,7 @@ async def fetch_batch(batch_id: str, config: LLMConfig, agent: type[Agent]) -> B
         raise translate_error(exc, agent, config) from exc
 
 
-async def _fetch_anthropic(client: Any, batch_id: str, agent: type[Agent]) -> BatchResults:
+async def _fetch_anthropic(client: Any, batch_id: str, agent: type[AgentContract]) -> BatchResults:
     batch = await client.messages.batches.retrieve(batch_id)
     if batch.processing_status != "ended":
         return BatchResults("in_progress", detail=str(batch.processing_status))
@@ -205,7 +205,7 @@ async def _fetch_anthropic(client: Any, batch_id: str, agent: type[Agent]) -> Ba
     return out
 
 
-async def _fetch_openai(client: Any, batch_id: str, agent: type[Agent]) -> BatchResults:
+async def _fetch_openai(client: Any, batch_id: str, agent: type[AgentContract]) -> BatchResults:
     batch = await client.batches.retrieve(batch_id)
     if batch.status in ("validating", "in_progress", "finalizing", "cancelling"):
         return BatchResults("in_progress", detail=str(batch.status))
@@ -240,8 +240,12 @@ async def _fetch_openai(client: Any, batch_id: str, agent: type[Agent]) -> Batch
 
 
 def validate_output(
-    agent: type[Agent], output: dict[str, Any], agent_input: AgentInput, *, complete: bool = True
-) -> Agent:
+    agent: type[AgentContract],
+    output: dict[str, Any],
+    agent_input: AgentInput,
+    *,
+    complete: bool = True,
+) -> AgentContract:
     """A batch result as the agent: validated (same context as a direct run), then completed
     (``complete=False`` for one part of several, completed after the merge)."""
     try:

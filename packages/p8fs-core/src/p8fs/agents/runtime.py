@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from p8fs.agents.base import Agent, AgentInput
 from p8fs.agents.config import LLMConfig, LLMSettings, resolve_llm
+from p8fs.agents.contract import AgentContract, AgentInput
 from p8fs.agents.errors import (
     AgentContextError,
     AgentOutputError,
@@ -53,7 +53,7 @@ from p8fs.settings import Settings
 
 log = logging.getLogger(__name__)
 
-A = TypeVar("A", bound=Agent)
+A = TypeVar("A", bound=AgentContract)
 M = TypeVar("M", bound=BaseModel)
 
 __all__ = ["FRAMING_TOKENS", "arun_agent", "plan_chunks", "prompt_overhead", "run_agent"]
@@ -237,7 +237,7 @@ def tool_definition(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def system_prompt_of(model: type[BaseModel]) -> str:
-    if isinstance(model, type) and issubclass(model, Agent):
+    if isinstance(model, type) and issubclass(model, AgentContract):
         return model.system_prompt()
     import inspect
 
@@ -268,7 +268,7 @@ def prompt_overhead(
 
 
 def input_budget(
-    cls: type[Agent], agent_input: AgentInput, config: LLMConfig, ratio: float = 1.0
+    cls: type[AgentContract], agent_input: AgentInput, config: LLMConfig, ratio: float = 1.0
 ) -> int:
     """Tokens of records one call may carry (server tokens): the smaller of
     ``P8FS_LLM_CONTEXT_TOKENS`` and the window less room for the answer, less the overhead."""
@@ -305,7 +305,7 @@ def _join(records: list[Section]) -> str:
 
 
 def plan_parts(
-    cls: type[Agent],
+    cls: type[AgentContract],
     agent_input: AgentInput,
     config: LLMConfig,
     ratio: float = 1.0,
@@ -329,12 +329,12 @@ def plan_parts(
     return parts
 
 
-def plan_chunks(cls: type[Agent], agent_input: AgentInput, config: LLMConfig) -> list[str]:
+def plan_chunks(cls: type[AgentContract], agent_input: AgentInput, config: LLMConfig) -> list[str]:
     """The texts of :func:`plan_parts` (``o200k_base`` counts, no server calibration)."""
     return [part.text for part in plan_parts(cls, agent_input, config)]
 
 
-async def calibrate(cls: type[Agent], agent_input: AgentInput, config: LLMConfig) -> float:
+async def calibrate(cls: type[AgentContract], agent_input: AgentInput, config: LLMConfig) -> float:
     """Server tokens per ``o200k_base`` token, measured on this input with the server's own
     tokenizer (1.0 when the server has none, as for Claude, whose tokenizer is not public)."""
     facts = facts_for(config)
@@ -626,7 +626,7 @@ def salvage(
         try:
             return model.model_validate(data, context=context)
         except ValidationError:
-            if agent_input is not None and issubclass(model, Agent):
+            if agent_input is not None and issubclass(model, AgentContract):
                 repaired = model.repair(dict(data), agent_input)
                 if repaired is not None:
                     return repaired
@@ -759,7 +759,7 @@ MAX_CUT_SPLITS = 1
 class _Run:
     """One run's calls: every part answered, split further when it does not fit."""
 
-    cls: type[Agent]
+    cls: type[AgentContract]
     agent_input: AgentInput
     client: Any
     config: LLMConfig
