@@ -17,7 +17,7 @@ import pytest
 
 from p8fs.agents import DreamModel, MomentBuilder, UserData
 from p8fs.agents.config import resolve_llm
-from p8fs.agents.runtime import plan_chunks, prompt_overhead
+from p8fs.agents.runtime import plan_parts, prompt_overhead
 from p8fs.models import Resource, Session
 from p8fs.tokens import count_tokens
 from tests.fixtures.llm import FakeLLMServer, RecordedRequest
@@ -119,7 +119,7 @@ async def test_moments_three_chunks_merged_in_time_order(llm_server: FakeLLMServ
     data = transcript()
     context = context_for(MomentBuilder, data, per_chunk=3)
     agent_input = MomentBuilder.prepare_input(data)
-    assert len(plan_chunks(MomentBuilder, agent_input, resolve_llm(context_tokens=context))) == 3
+    assert len(plan_parts(MomentBuilder, agent_input, resolve_llm(context_tokens=context))) == 3
     llm_server.responder = moments_reply
 
     result = await MomentBuilder.arun(data, context_tokens=context)
@@ -256,7 +256,7 @@ def test_context_too_small_names_the_setting() -> None:
 
     agent_input = MomentBuilder.prepare_input(transcript(2))
     with pytest.raises(ConfigurationError, match="P8FS_LLM_CONTEXT_TOKENS"):
-        plan_chunks(
+        plan_parts(
             MomentBuilder,
             agent_input,
             resolve_llm("claude-sonnet-5-5", require_key=False, context_tokens=300),

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from p8fs.agents import MomentBuilder, lifecycle
-from p8fs.agents.config import resolve_llm, split_model_name
+from p8fs.agents.config import resolve_llm
 from p8fs.errors import ConfigurationError
 from p8fs.settings import Settings
 from tests.fixtures.llm import FakeLLMServer, HTTPFailure
@@ -168,8 +168,14 @@ def test_bare_name_goes_to_the_configured_base_url(monkeypatch: pytest.MonkeyPat
     with pytest.raises(ConfigurationError) as info:
         resolve_llm("anthropic/" + Settings().default_model)
     assert "P8FS_LLM_BASE_URL" in str(info.value) and "anthropic/ prefix" in str(info.value)
-    assert split_model_name("gpt-4o") == ("openai", "gpt-4o")
-    assert split_model_name("x", base_url="http://h/v1") == ("openai", "x")
+    # P8FS_LLM_BASE_URL set: even an OpenAI-looking name goes to the configured server.
+    assert resolve_llm("gpt-4o").base_url == "http://127.0.0.1:9/v1"
+    monkeypatch.delenv("P8FS_LLM_BASE_URL")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert (resolve_llm("gpt-4o").provider, resolve_llm("gpt-4o").route) == (
+        "openai",
+        "an OpenAI model name",
+    )
 
 
 def test_structured_output_setting_reaches_the_request(

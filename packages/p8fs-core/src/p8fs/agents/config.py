@@ -146,23 +146,17 @@ class LLMConfig:
         return DEFAULT_WINDOWS.get(self.provider)
 
 
-def split_model_name(
-    name: str, default_provider: Provider | None = None, *, base_url: str | None = None
-) -> tuple[Provider, str]:
-    """``"openai/gpt-4o"`` → ``("openai", "gpt-4o")``; a bare name uses the default provider.
-
-    A bare name goes to the configured OpenAI-compatible server when ``P8FS_LLM_BASE_URL`` is set
-    (the user said where their models live; ``anthropic/<name>`` still reaches Anthropic). A
-    bare name that is unmistakably OpenAI's (``gpt-*``, ``o1``/``o3``/``o4``...) goes to OpenAI
-    when no provider is configured, so ``--model gpt-4o`` does what its user means.
-    """
-    return _route(name, default_provider, base_url)[:2]
-
-
 def _route(
     name: str, default_provider: Provider | None, base_url: str | None
 ) -> tuple[Provider, str, str]:
-    """Provider, model name, and the reason (for error messages)."""
+    """Provider, model name, and the reason (for error messages).
+
+    ``"openai/gpt-4o"`` is ``("openai", "gpt-4o")``. A bare name goes to the configured
+    provider, else to the configured OpenAI-compatible server when ``P8FS_LLM_BASE_URL`` is set
+    (the user said where their models live; ``anthropic/<name>`` still reaches Anthropic); a
+    bare name that is unmistakably OpenAI's (``gpt-*``, ``o1``/``o3``/``o4``...) goes to OpenAI,
+    so ``--model gpt-4o`` does what its user means; anything else to Anthropic.
+    """
     prefix, sep, rest = name.partition("/")
     if sep and prefix in ("anthropic", "openai"):
         return prefix, rest, f"the {prefix}/ prefix"  # type: ignore[return-value]

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 A = TypeVar("A", bound=AgentContract)
 M = TypeVar("M", bound=BaseModel)
 
-__all__ = ["FRAMING_TOKENS", "arun_agent", "plan_chunks", "prompt_overhead", "run_agent"]
+__all__ = ["FRAMING_TOKENS", "arun_agent", "plan_parts", "prompt_overhead", "run_agent"]
 
 
 # -- clients ----------------------------------------------------------------------------------
@@ -327,11 +327,6 @@ def plan_parts(
         first, last = chunk.metadata["records"]
         parts.append(Part(list(records[first : last + 1]), chunk.text))
     return parts
-
-
-def plan_chunks(cls: type[AgentContract], agent_input: AgentInput, config: LLMConfig) -> list[str]:
-    """The texts of :func:`plan_parts` (``o200k_base`` counts, no server calibration)."""
-    return [part.text for part in plan_parts(cls, agent_input, config)]
 
 
 async def calibrate(cls: type[AgentContract], agent_input: AgentInput, config: LLMConfig) -> float:
