@@ -228,3 +228,35 @@ async def test_a_corpus_pdf_is_stored_exactly_as_a_serial_run_chunks_it(
     assert _digest((r.ordinal, r.name, r.content, r.token_count, r.metadata) for r in stored) == (
         GEOTOPO_DIGEST
     )
+
+
+# -- the stream check before PDFium: small streams measured from the scan's window ---------------
+
+
+def test_small_streams_are_measured_in_one_step_with_the_same_totals(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bomb check inflates every stream of a book before PDFium sees it; thousands of them
+    are small and settle in one inflate call from bytes the scan already holds. The totals (and
+    so every limit decision) must be exactly the full path's."""
+    pytest.importorskip("pypdfium2")
+    from p8fs_node import pdf
+
+    path = corpus_path("pdf/spf_GeoTopo-komprimiert.pdf")
+    full_calls = 0
+    full_path = pdf._inflated_size
+
+    def counted(*args: Any, **kwargs: Any) -> tuple[int, int]:
+        nonlocal full_calls
+        full_calls += 1
+        return full_path(*args, **kwargs)
+
+    monkeypatch.setattr(pdf, "_inflated_size", counted)
+    quick = pdf.check_stream_expansion(path, path.name)
+    quick_full_calls, full_calls = full_calls, 0
+
+    monkeypatch.setattr(pdf, "_small_stream_size", lambda *args: None, raising=False)
+    slow = pdf.check_stream_expansion(path, path.name)
+    assert quick == slow > path.stat().st_size
+    assert full_calls > 500  # every stream took the full path
+    assert quick_full_calls * 10 < full_calls  # now only the few large or odd ones do

