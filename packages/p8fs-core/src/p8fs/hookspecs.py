@@ -93,6 +93,9 @@ def p8fs_register_embedders(register: Callable[[type[Embedder]], None]) -> None:
     worker then waits for it instead of failing files) and
     :class:`p8fs.embedding.EmbedderRefused` when the input itself is refused. An embedder must
     never download a model at run time.
+
+    Like the agents hook, this one is called on the first embedder lookup, not when plugins
+    load: import the embedder classes inside the hook function.
     """
 
 
