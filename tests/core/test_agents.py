@@ -97,6 +97,29 @@ async def test_invalid_output_is_reasked_then_accepted(llm_server: FakeLLMServer
     assert result.moments[0].end.isoformat() == "2025-01-13T09:10:12+00:00"
 
 
+async def test_usage_is_metered_per_request_re_asks_included(
+    llm_server: FakeLLMServer, standup
+) -> None:
+    """USAGE counts every answered HTTP request with the service's token counts: the rejected
+    first answer and its re-ask both cost tokens (benchmarks/moments_eval.py reports them)."""
+    from p8fs.agents.runtime import USAGE, UsageMeter
+
+    path, expected = standup
+    outside = expected_as_output(expected)
+    outside["moments"][0] = dict(
+        outside["moments"][0], resource_ends_timestamp="2025-01-13T11:00:00Z"
+    )
+    llm_server.replies.extend([outside, expected_as_output(expected)])
+    meter = UsageMeter()
+    token = USAGE.set(meter)
+    try:
+        await MomentBuilder.arun(path, max_retries=2)
+    finally:
+        USAGE.reset(token)
+    assert len(meter.calls) == len(llm_server.message_requests()) == 2
+    assert all(c.prompt_tokens and c.completion_tokens and c.seconds > 0 for c in meter.calls)
+
+
 async def test_output_invalid_every_time_is_a_typed_error(
     llm_server: FakeLLMServer, standup
 ) -> None:
