@@ -13,6 +13,7 @@ writes, and when a ``P8FS_*`` variable in the sources is documented nowhere.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import re
@@ -28,10 +29,11 @@ from tests.fixtures.servers import REPO_ROOT
 
 DOCS = REPO_ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
-#: The pages issue 6 asks for (plugin-hooks.md is the hook reference).
+#: The pages users and contributors look for (plugin-hooks.md is the hook reference).
 REQUIRED_PAGES = (
     "getting-started.md",
     "concepts.md",
+    "architecture.md",
     "writing-a-plugin.md",
     "operating-workers.md",
     "kubernetes.md",
@@ -125,6 +127,45 @@ def test_every_required_page_exists() -> None:
     assert not missing, f"missing docs pages: {missing}"
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     assert "docs/" in readme
+
+
+def test_the_architecture_page_names_only_code_that_exists() -> None:
+    """docs/architecture.md is a map: every module, file and class it names must be there, so a
+    rename that forgets the map fails here instead of misleading the next contributor."""
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    packages = {
+        "p8fs": REPO_ROOT / "packages/p8fs-core/src/p8fs",
+        "p8fs_node": REPO_ROOT / "packages/p8fs-node/src/p8fs_node",
+        "p8fs_runner": REPO_ROOT / "packages/p8fs-runner/src/p8fs_runner",
+    }
+    missing = []
+    # Files named as p8fs/x.py, p8fs_runner/x.py ...
+    for package, relative in re.findall(r"\b(p8fs(?:_node|_runner)?)/([\w/]+\.py)\b", text):
+        if not (packages[package] / relative).is_file():
+            missing.append(f"{package}/{relative}")
+    # Dotted names: p8fs.limits, p8fs.agents.base.Agent, p8fs_runner.settings.RunnerSettings ...
+    for dotted in set(re.findall(r"`(p8fs(?:_node|_runner)?(?:\.\w+)+)", text)):
+        parts = dotted.split(".")
+        for cut in range(len(parts), 0, -1):
+            module = ".".join(parts[:cut])
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:  # a parent is a module, not a package
+                found = False
+            if found:
+                obj = importlib.import_module(module)
+                for attribute in parts[cut:]:
+                    obj = getattr(obj, attribute, None)
+                if obj is None:
+                    missing.append(dotted)
+                break
+        else:
+            missing.append(dotted)
+    # Files named by their path from the repository root.
+    for path in re.findall(r"`((?:tests|benchmarks|scripts|deploy|docs)/[\w./-]+)`", text):
+        if "*" not in path and not (REPO_ROOT / path).exists():
+            missing.append(path)
+    assert missing == []
 
 
 def test_runnable_blocks_are_found() -> None:
