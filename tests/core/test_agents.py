@@ -120,6 +120,37 @@ async def test_usage_is_metered_per_request_re_asks_included(
     assert all(c.prompt_tokens and c.completion_tokens and c.seconds > 0 for c in meter.calls)
 
 
+async def test_a_failed_part_cancels_the_parts_still_running() -> None:
+    """When one part of a run fails, the others are cancelled rather than left calling the
+    server through a client the run then closes."""
+    from p8fs.agents.runtime import all_or_none
+    from p8fs.errors import P8fsError
+
+    cancelled: list[str] = []
+
+    async def slow(name: str) -> str:
+        try:
+            await asyncio.Event().wait()  # never set: only cancellation ends it
+        except asyncio.CancelledError:
+            cancelled.append(name)
+            raise
+        return name
+
+    async def fails() -> str:
+        await asyncio.sleep(0)
+        raise P8fsError("part 2 failed")
+
+    with pytest.raises(P8fsError, match="part 2 failed"):
+        await all_or_none([slow("a"), fails(), slow("c")])
+    assert sorted(cancelled) == ["a", "c"]
+
+    async def value(x: int) -> int:
+        await asyncio.sleep(0)
+        return x
+
+    assert await all_or_none([value(1), value(2), value(3)]) == [1, 2, 3]
+
+
 async def test_output_invalid_every_time_is_a_typed_error(
     llm_server: FakeLLMServer, standup
 ) -> None:

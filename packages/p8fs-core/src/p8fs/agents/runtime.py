@@ -21,6 +21,7 @@ import concurrent.futures
 import contextvars
 import json
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 A = TypeVar("A", bound=AgentContract)
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 __all__ = ["FRAMING_TOKENS", "arun_agent", "plan_parts", "prompt_overhead", "run_agent"]
 
@@ -744,6 +746,28 @@ async def merge_results(
         await close_client(client)
 
 
+async def all_or_none(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Every result in order, or the first failure with the other calls cancelled.
+
+    ``asyncio.gather`` returns the first error but leaves the other parts running: their calls
+    go on occupying the server and then fail against the client the run has closed
+    ("Connection error" noise after the real error). A run that has failed stops them instead.
+    """
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+    return [task.result() for task in tasks]
+
+
 #: How often one part may be re-planned (a learned window, a cut-off answer) before giving up.
 MAX_REPLANS = 6
 #: Halvings after cut-off answers before the runtime keeps what the answer completed instead.
@@ -777,7 +801,7 @@ class _Run:
             len(self.agent_input.records),
             total,
         )
-        nested = await asyncio.gather(*(one(i, p) for i, p in enumerate(parts)))
+        nested = await all_or_none([one(i, p) for i, p in enumerate(parts)])
         return await self.finish([r for group in nested for r in group])
 
     async def finish(self, results: list[Any]) -> Any:
@@ -870,8 +894,8 @@ class _Run:
             return [repaired]
         self.splits.append(f"part {number}: {reason}")
         log.info("%s: part %d split into %d (%s)", self.cls.__name__, number, len(smaller), reason)
-        groups = await asyncio.gather(
-            *(self.solve(p, number, total, limiter, depth + 1) for p in smaller)
+        groups = await all_or_none(
+            [self.solve(p, number, total, limiter, depth + 1) for p in smaller]
         )
         return [r for group in groups for r in group]
 
