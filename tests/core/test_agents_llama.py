@@ -237,6 +237,36 @@ async def test_each_structured_output_mode_is_enforced_by_the_server(
     assert "zebra_count" not in text and "habitat" not in text
 
 
+def test_every_agents_grammar_is_accepted_by_the_server(llama_server: LlamaServer) -> None:
+    """llama.cpp parses the GBNF p8fs writes for each registered agent (a grammar it cannot
+    parse is a 500); the first tokens it then samples start the schema's JSON object."""
+    from p8fs.agents.grammar import grammar_for
+    from p8fs.plugins import get_registry
+
+    for registration in get_registry().agents:
+        body = {
+            "model": "x",
+            "max_tokens": 6,
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "grammar": grammar_for(registration.cls),
+        }
+        request = urllib.request.Request(
+            llama_server.base_url + "/chat/completions",
+            json.dumps(body).encode(),
+            {"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=300) as response:
+            answer = json.loads(response.read())
+        compact = answer["choices"][0]["message"]["content"].replace(" ", "")
+        schema = registration.cls.model_json_schema()
+        # Required keys come first; with none required, any property may open the object.
+        required = [p for p in schema["properties"] if p in schema.get("required", [])]
+        starts = ['{"' + key + '"' for key in required[:1] or schema["properties"]] + ["{}"]
+        assert len(compact) > 2 and any(
+            start.startswith(compact) or compact.startswith(start) for start in starts
+        ), (registration.name, compact)
+
+
 async def test_moment_builder_in_grammar_mode(
     llama_env: LlamaServer, small_answers: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
