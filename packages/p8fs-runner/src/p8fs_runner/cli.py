@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from p8fs.cli.jobs import dreaming
+from p8fs.errors import ConfigurationError, P8fsError
 
 if TYPE_CHECKING:  # pragma: no cover
     from p8fs_runner.settings import RunnerSettings
@@ -71,7 +72,6 @@ def _services(embed: bool = True) -> Iterator[RunnerSettings]:
 
     The commands that run a service (worker, router, bridge, self-test) are the ones that may
     embed; they first check that TMPDIR and P8FS_DATA_DIR are writable (see ``scratch``)."""
-    from p8fs.errors import ConfigurationError, P8fsError
 
     settings = _settings()
     if embed:
@@ -104,7 +104,6 @@ def _services(embed: bool = True) -> Iterator[RunnerSettings]:
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a service coroutine, turning the runner's typed errors into clear exits."""
-    from p8fs.errors import ConfigurationError, P8fsError
     from p8fs_runner.connection import NatsUnavailable
     from p8fs_runner.topology import ConsumerNotFound, TopologyError
 
@@ -142,7 +141,6 @@ def _with_signals(
 def run_worker(tier: str, *, grace: float, metrics_port: int | None, embed: bool = True) -> None:
     """``p8fs-run --tier T`` and ``p8fs-run worker --tier T``."""
     with _services(embed) as settings:
-        from p8fs.errors import ConfigurationError
         from p8fs_runner.service import serve_worker
 
         try:
@@ -242,7 +240,6 @@ def router(worker_id: str | None, setup_only: bool, metrics_port: int | None) ->
     if worker_id:
         logging.getLogger("p8fs_runner").info("router replica %s", worker_id)
     with _services(embed=True) as settings:
-        from p8fs.errors import ConfigurationError
         from p8fs_runner.service import serve_router
 
         try:

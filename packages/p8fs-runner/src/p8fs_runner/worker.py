@@ -36,6 +36,7 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from p8fs.errors import is_permanent
+from p8fs.ids import stable_id
 from p8fs_runner import metrics
 from p8fs_runner.dlq import dead_letter
 from p8fs_runner.router import ErrorSink, record_error
@@ -99,7 +100,6 @@ def job_id_for(msg: Msg) -> str:
     The router publishes with a ``Nats-Msg-Id`` derived from the source event; that id (or the
     stream sequence, for events published straight to a tier) is stable across redeliveries.
     """
-    from p8fs.ids import stable_id
 
     headers = msg.headers or {}
     source = headers.get("Nats-Msg-Id") or f"{msg.metadata.stream}:{msg.metadata.sequence.stream}"

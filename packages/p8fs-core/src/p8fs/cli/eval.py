@@ -21,6 +21,8 @@ from typing import Any
 
 import click
 
+from p8fs.errors import ConfigurationError, P8fsError
+
 INPUT_SUFFIX = "_input.json"
 EXPECTED_SUFFIX = "_expected_moment.json"
 
@@ -69,7 +71,6 @@ async def _run_cases(
     agent: type[Any], cases: list[Path], root: Path, options: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Exception]]:
     """Run every case in order; a case's failure is kept (its error object, for ``-v``)."""
-    from p8fs.errors import ConfigurationError, P8fsError
 
     results: dict[str, Any] = {}
     failures: dict[str, Exception] = {}
@@ -186,7 +187,6 @@ def eval_command(
     from p8fs.agents.moments import MomentBuilder
     from p8fs.agents.scoring import mean_scores, score_case, score_table
     from p8fs.agents.transcripts import parse_json_text
-    from p8fs.errors import P8fsError
     from p8fs.plugins import get_registry
 
     try:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from p8fs.errors import P8fsError
+
 
 @dataclass
 class _Outcome:
@@ -38,7 +40,6 @@ async def _run(files: list[Path], tenant_id: str, force: bool, jobs: int, passwo
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from p8fs.database import Database
-    from p8fs.errors import P8fsError
     from p8fs.pipeline import aingest
     from p8fs.settings import get_settings
 
@@ -98,7 +99,6 @@ def process(paths: tuple[str, ...], tenant_id: str, force: bool, jobs: int, pass
 
     files = collect_files(paths)
     started = time.monotonic()
-    from p8fs.errors import P8fsError
 
     try:
         outcomes = asyncio.run(_run(files, tenant_id, force, jobs, password))
