@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 
 MASK = "***"
 
@@ -134,19 +134,4 @@ def mapping_secrets(data: Any) -> list[str]:
     elif isinstance(data, list | tuple):
         for item in data:
             found.extend(mapping_secrets(item))
-    return found
-
-
-def settings_secrets(settings: BaseModel) -> list[str]:
-    """Every secret a settings object holds: its ``SecretStr`` values and the passwords inside
-    its URL-valued fields."""
-    found: list[str] = []
-    for name in type(settings).model_fields:
-        value = getattr(settings, name, None)
-        if isinstance(value, SecretStr):
-            secret = value.get_secret_value()
-            if secret:
-                found.append(secret)
-        elif isinstance(value, str) and "://" in value:
-            found.extend(url_secrets(value))
     return found
