@@ -3,6 +3,9 @@
 ``aingest(uri, tenant_id)`` is everything a worker or a notebook needs. Extraction and chunking
 run in a worker thread and hand chunks over through a small bounded queue, so memory stays flat
 whatever the file's size and the event loop stays free (a queue worker heartbeats meanwhile).
+A long document is extracted by a second thread, a few sections ahead of the chunker, so the
+provider's work (PDFium, decoding, OCR: mostly outside the GIL) overlaps chunking and the rows
+being spooled for the store instead of taking turns with them.
 Ids are deterministic (tenant + URI, file + chunk index) and the files row is upserted together
 with a full replacement of that file's resources, so processing the same event twice changes
 nothing, and changed content leaves no stale chunk behind.
