@@ -19,7 +19,12 @@ from pydantic import ValidationError
 from p8fs.agents.config import LLMConfig
 from p8fs.agents.contract import AgentContract, AgentInput
 from p8fs.agents.errors import AgentOutputError
-from p8fs.agents.runtime import system_prompt_of, tool_definition, translate_error
+from p8fs.agents.runtime import (
+    describe_error,
+    system_prompt_of,
+    tool_definition,
+    translate_error,
+)
 from p8fs.errors import ConfigurationError
 
 BatchState = Literal["in_progress", "ended", "failed"]
@@ -251,8 +256,6 @@ def validate_output(
     try:
         result = agent.model_validate(output, context=agent_input.context)
     except ValidationError as exc:
-        from p8fs.agents.runtime import describe_error
-
         raise AgentOutputError(
             f"{agent.__name__}: the batch result does not validate: {describe_error(exc)}",
             attempts=1,

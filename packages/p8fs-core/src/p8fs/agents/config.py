@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from p8fs.agents.lifecycle import check_model
 from p8fs.errors import ConfigurationError
 from p8fs.settings import Settings
 
@@ -192,8 +193,6 @@ def resolve_llm(
         model or settings.default_model, llm.provider, llm.base_url
     )
     if provider == "anthropic":
-        from p8fs.agents.lifecycle import check_model
-
         check_model(model_name)  # a retired model fails here, before any request
         secret = settings.anthropic_api_key
         base_url = None  # the SDK reads ANTHROPIC_BASE_URL itself

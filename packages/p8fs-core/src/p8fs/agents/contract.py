@@ -17,6 +17,7 @@ display on top. So the imports go one way: contract <- runtime <- base.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
@@ -82,8 +83,6 @@ class AgentContract(BaseModel):
     @classmethod
     def system_prompt(cls) -> str:
         """The class docstring, dedented: exactly what the model reads as ``system``."""
-        import inspect
-
         return inspect.cleandoc(cls.__doc__ or "")
 
     @classmethod

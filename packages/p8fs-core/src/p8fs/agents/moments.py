@@ -11,10 +11,18 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Literal, Self, cast, get_args
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from p8fs.agents.base import Agent, AgentInput, FollowUpCall, write_summary
 from p8fs.agents.transcripts import as_utc, iso, read_transcript
+from p8fs.ids import stable_id
 from p8fs.models import Moment, PresentPerson
 
 #: The kinds of moment. The corpus' expected outputs use meeting, conversation, reflection and
@@ -262,8 +270,6 @@ class MomentBuilder(Agent):
         right (their servers enforce it with a grammar) but not the clock."""
         if not output:
             return None
-        from pydantic import ValidationError
-
         try:
             return cls.model_validate(output, context={**agent_input.context, REPAIR_TIMES: True})
         except ValidationError:
@@ -318,8 +324,6 @@ class MomentBuilder(Agent):
     def to_moments(self, tenant_id: str, *, source_resource_id: str | None = None) -> list[Moment]:
         """The stored ``moments`` rows, with ids derived from tenant, source and start time, so
         processing the same transcript again updates the same rows."""
-        from p8fs.ids import stable_id
-
         rows = []
         for index, m in enumerate(self.moments):
             source = m.uri or str(m.metadata.get("transcript_id") or source_resource_id or "")

@@ -19,13 +19,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import inspect
 import json
 import logging
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+import pydantic_core
+from pydantic import BaseModel, ValidationError
 
 from p8fs.agents.config import LLMConfig, LLMSettings, resolve_llm
 from p8fs.agents.contract import AgentContract, AgentInput
@@ -36,6 +39,8 @@ from p8fs.agents.errors import (
     AgentServiceError,
     AgentTruncatedError,
 )
+from p8fs.agents.grammar import grammar_for
+from p8fs.agents.lifecycle import MODEL_SETTING, retired_message
 from p8fs.agents.limits import (
     COUNT_SAFETY,
     FRAMING_TOKENS,
@@ -45,6 +50,7 @@ from p8fs.agents.limits import (
     learn_from_context_error,
     max_tokens_for,
     probe_server,
+    requested_prompt_tokens,
     server_token_count,
     window_of,
 )
@@ -218,8 +224,6 @@ def _json_prefix(text: str) -> bool:
     except json.JSONDecodeError as exc:
         if exc.msg.startswith("Extra data"):
             return False
-    import pydantic_core
-
     try:
         pydantic_core.from_json(body, allow_partial=True)
     except ValueError:
@@ -229,8 +233,6 @@ def _json_prefix(text: str) -> bool:
 
 def tool_definition(model: type[BaseModel]) -> dict[str, Any]:
     """The Anthropic tool a model is sent as (what instructor sends: name, docstring, schema)."""
-    import inspect
-
     return {
         "name": model.__name__,
         "description": inspect.cleandoc(model.__doc__ or model.__name__),
@@ -241,8 +243,6 @@ def tool_definition(model: type[BaseModel]) -> dict[str, Any]:
 def system_prompt_of(model: type[BaseModel]) -> str:
     if isinstance(model, type) and issubclass(model, AgentContract):
         return model.system_prompt()
-    import inspect
-
     return inspect.cleandoc(model.__doc__ or "")
 
 
@@ -393,8 +393,6 @@ def _metered(create: Any) -> Any:
     """
 
     async def create_metered(*args: Any, **kwargs: Any) -> Any:
-        import time
-
         started = time.perf_counter()
         response = await create(*args, **kwargs)
         meter = USAGE.get()
@@ -430,8 +428,6 @@ async def structured_call(
         "max_tokens": max_tokens or config.max_output_tokens,
     }
     if config.mode == "grammar":
-        from p8fs.agents.grammar import grammar_for
-
         kwargs["extra_body"] = {"grammar": grammar_for(response_model)}
     if config.provider == "anthropic":
         kwargs["system"] = system
@@ -468,8 +464,6 @@ def _lenient(error: P8fsError, model: type[M], context: dict[str, Any] | None) -
     raw = error.details.get("raw_output")
     if not raw:
         return None
-    from pydantic import ValidationError
-
     try:
         return model.model_validate(raw, context=context)
     except ValidationError:
@@ -487,8 +481,6 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def describe_error(exc: BaseException, limit: int = 300) -> str:
     """One line for an error: a validation error as its count and first problem."""
-    from pydantic import ValidationError
-
     if isinstance(exc, ValidationError):
         errors = exc.errors()
         if errors:
@@ -539,8 +531,6 @@ def translate_error(exc: BaseException, model: type[BaseModel], config: LLMConfi
                         f"fits {where}'s context window of {window} tokens",
                         attempts=len(failed),
                     )
-                from p8fs.agents.limits import requested_prompt_tokens
-
                 return AgentContextError(
                     f"{where}: the prompt does not fit its context window"
                     f"{f' of {window} tokens' if window else ''}: {_short(text, 300)}",
@@ -548,8 +538,6 @@ def translate_error(exc: BaseException, model: type[BaseModel], config: LLMConfi
                     prompt_tokens=requested_prompt_tokens(text),
                 )
             if status == 404 and _model_not_found(text, config.model):
-                from p8fs.agents.lifecycle import MODEL_SETTING, retired_message
-
                 return ConfigurationError(
                     f"{where} was not found by the service{retired_message(config.model)}: set "
                     f"{MODEL_SETTING} (or pass --model / model=) to a model it serves "
@@ -610,8 +598,6 @@ def salvage(
     """
     if not text:
         return None
-    import pydantic_core
-    from pydantic import ValidationError
 
     try:
         data = pydantic_core.from_json(text, allow_partial=True)
