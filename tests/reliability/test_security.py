@@ -281,13 +281,13 @@ async def _in_process(stage: Stage, files: dict[str, bytes]) -> None:
         )  # fmt: skip
         await _publish(js, FAST.subject, "corrupt.pdf", len(files["corrupt.pdf"]))
         stats = await _work(js, good, db, until=2)
-        ev.facts["permanent"] = sorted(f["code"] for f in stats.failures)
+        ev.facts["permanent"] = sorted(f.code for f in stats.failures)
 
         # 2. the wrong S3 secret key: transient, retried once, then dead-lettered.
         wrong_s3 = stage.runner_settings(s3_secret_key=SecretStr(secrets["S3 secret (wrong)"]))
         await _publish(js, FAST.subject, "ok.txt", len(files["ok.txt"]))
         stats = await _work(js, wrong_s3, db, until=1)
-        ev.facts["wrong_s3"] = [(f["code"], f["permanent"]) for f in stats.failures]
+        ev.facts["wrong_s3"] = [(f.code, f.permanent) for f in stats.failures]
         ev.reprs.append(("RunnerSettings with a wrong S3 secret", repr(wrong_s3) + str(wrong_s3)))
 
         # 3. a database refusing its password (MariaDB), and 4. one that is unreachable.
@@ -300,7 +300,7 @@ async def _in_process(stage: Stage, files: dict[str, bytes]) -> None:
             await _publish(js, FAST.subject, "ok.txt", len(files["ok.txt"]))
             settings = stage.runner_settings(database_url=url)
             stats = await _work(js, settings, broken, until=1)
-            ev.facts[f"db_{label}"] = [(f["code"], f["permanent"]) for f in stats.failures]
+            ev.facts[f"db_{label}"] = [(f.code, f.permanent) for f in stats.failures]
             try:
                 await aingest(
                     str(stage.root / "files" / "ok.txt"), TENANT, database=broken, settings=settings

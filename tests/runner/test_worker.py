@@ -122,14 +122,19 @@ async def test_a_file_is_processed_and_acked_after_the_commit(
 
 
 def test_a_long_running_worker_keeps_only_its_recent_outcomes() -> None:
-    from p8fs_runner.worker import RECENT_OUTCOMES, WorkerStats
+    from p8fs_runner.worker import RECENT_OUTCOMES, FailedDelivery, SettledFile, WorkerStats
 
     stats = WorkerStats()
     for i in range(RECENT_OUTCOMES + 5):
-        stats.results.append({"seq": i})
-        stats.failures.append({"seq": i})
+        uri = f"s3://t/{i}"
+        stats.results.append(SettledFile(uri, "create", "ingest", 1, i, {}))
+        stats.failures.append(FailedDelivery(uri, "boom", "transient", False, i))
     assert len(stats.results) == len(stats.failures) == RECENT_OUTCOMES
-    assert stats.results[0]["seq"] == 5 and stats.results[-1]["seq"] == RECENT_OUTCOMES + 4
+    assert stats.results[0].seq == 5 and stats.results[-1].seq == RECENT_OUTCOMES + 4
+    last = f"s3://t/{RECENT_OUTCOMES + 4}"
+    assert stats.result_for(last) is stats.results[-1]
+    assert stats.failure_for(last) is stats.failures[-1]
+    assert stats.result_for("s3://t/0") is None  # no longer among the recent ones
 
 
 async def test_running_is_written_only_for_a_file_still_in_progress(
@@ -229,7 +234,7 @@ async def test_a_poison_file_is_dead_lettered_after_its_deliveries(
 
     # Transient each time: nak, nak (with delay), then dead-lettered on the last delivery.
     assert (worker.stats.nakked, worker.stats.dead_lettered) == (2, 1)
-    assert [f["delivery"] for f in worker.stats.failures] == [1, 2, 3]
+    assert [f.delivery for f in worker.stats.failures] == [1, 2, 3]
     assert len(calls(_test_providers)) == FAST_SMALL.max_deliver
     [letter] = await list_dead_letters(js)
     assert letter.queue == "small" and letter.deliveries == 3
@@ -302,7 +307,7 @@ async def test_a_transient_database_failure_naks_with_delay_then_succeeds(
         await down.dispose()
     assert (failing.stats.nakked, failing.stats.dead_lettered) == (1, 0)
     [failure] = failing.stats.failures
-    assert failure["code"] == "transient" and not failure["permanent"]
+    assert failure.code == "transient" and not failure.permanent
 
     # Naked with a delay (1st retry after backoff[0] = 2 s): not available straight away ...
     info = await js.consumer_info(FAST_SMALL.stream, FAST_SMALL.durable)
@@ -347,7 +352,7 @@ async def test_delete_and_rename_events_move_and_remove_the_rows(
     worker = make_worker(js, sqlite_database, runner_settings, spec=in_order)
     sub = await bind_consumer(js, FAST_SMALL)
     await run_until(worker, sub, lambda w: w.stats.acked >= 2)
-    assert [r["action"] for r in worker.stats.results] == ["ingest", "rename"], worker.stats
+    assert [r.action for r in worker.stats.results] == ["ingest", "rename"], worker.stats
 
     new_uri = f"s3://{s3_bucket}/b/new-name.txt"
     [moved] = await sqlite_database.list_files(s3_bucket)
@@ -368,7 +373,7 @@ async def test_delete_and_rename_events_move_and_remove_the_rows(
     )
     await run_until(worker, sub, lambda w: w.stats.acked >= 3)
     last = worker.stats.results[-1]
-    assert (last["uri"], last["event_type"], last["action"], last["removed"]) == (
+    assert (last.uri, last.event_type, last.action, last.summary["removed"]) == (
         new_uri,
         "delete",
         "delete",

@@ -22,6 +22,7 @@ from p8fs_runner import tiers
 
 if TYPE_CHECKING:  # pragma: no cover
     from p8fs_runner.settings import RunnerSettings
+    from p8fs_runner.worker import FailedDelivery, SettledFile, Worker
 
 #: The seed's tenant and key prefix: ``s3://tenant-test/test/Sample.pdf`` for tenant ``tenant-test``.
 SELFTEST_TENANT = "tenant-test"
@@ -142,7 +143,6 @@ async def _run_selftest(
     from p8fs_runner.connection import connect_nats
     from p8fs_runner.processing import PipelineProcessor
     from p8fs_runner.service import LazyDatabase
-    from p8fs_runner.topology import ConsumerNotFound, bind_consumer, ensure_topology
     from p8fs_runner.worker import Worker
 
     sample = Path(sample)
@@ -169,111 +169,29 @@ async def _run_selftest(
     database = LazyDatabase(settings)
     try:
         js = nc.jetstream()
-        try:
-            sub = await bind_consumer(js, queue)
-        except ConsumerNotFound:
-            # No router has run against these servers (embedded mode): set up the TEST queue
-            # exactly as the router would. Production tiers are left alone.
-            await ensure_topology(js, (queue,))
-            echo(f"   Created {queue.stream}/{queue.durable} (no router had run here)")
-            sub = await bind_consumer(js, queue)
-        mime = mimetypes.guess_type(sample.name)[0] or "application/octet-stream"
-        event = sample_event(bucket, key, size, mime, tenant_id)
-        msg_id = f"selftest:{uri}:{time.time_ns()}"
-        ack = await js.publish(
-            queue.subject,
-            json.dumps(event).encode(),
-            headers={"Nats-Msg-Id": msg_id},
-            stream=queue.stream,
-        )
-        echo(f"✅ Published to: {queue.subject}")
-        echo(f"   Stream: {ack.stream}  sequence {ack.seq}")
-        echo("")
+        sub = await _bind_test_queue(js, queue, echo)
+        await _publish_sample(js, queue, size, bucket, key, tenant_id, echo)
 
         echo("⚙️  Step 3: Processing event from queue...")
         db = await database.get()
-        processor = PipelineProcessor(db, settings, process="storage-worker-test")
         worker = Worker(
             js,
             queue,
-            processor,
+            PipelineProcessor(db, settings, process="storage-worker-test"),
             errors=db.record_error,
             jobs=db.upsert_job,
             process_name="storage-worker-test",
         )
-        stop = asyncio.Event()
-        found: dict[str, Any] = {}
-
-        async def watch() -> None:
-            """Stop the worker once our event is settled (older test events are processed too)."""
-            announced = False
-            while not stop.is_set():
-                if not announced and (worker.stats.results or worker.stats.failures):
-                    echo("✅ Received message from queue")
-                    announced = True
-                for r in worker.stats.results:
-                    if r.get("uri") == uri:
-                        found["result"] = r
-                for f in worker.stats.failures:
-                    if f.get("uri") == uri:  # transient too: report now, not after its retry
-                        found["failure"] = f
-                if found:
-                    stop.set()
-                    return
-                await asyncio.sleep(0.05)
-
-        watcher = asyncio.create_task(watch())
-        try:
-            await asyncio.wait_for(worker.run(sub, stop, fetch_timeout=1.0), timeout=time_limit)
-        except TimeoutError:
-            pass
-        finally:
-            stop.set()
-            watcher.cancel()
-        mine, failure = found.get("result"), found.get("failure")
-        if mine is None:
+        settled, failure = await _process_until_settled(worker, sub, uri, time_limit, echo)
+        if settled is None:
             result.reason = (
-                failure["reason"]
+                failure.reason
                 if failure
                 else f"the event was not processed within {time_limit:.0f}s"
             )
-            echo(f"❌ Processing {sample.name} failed: {result.reason}")
-            if failure and failure.get("permanent"):
-                echo(
-                    f"   The event was dead-lettered to {tiers.DLQ_STREAM} (see `p8fs-run dlq list`)"
-                )
-            elif failure:
-                echo(
-                    f"   The failure looks transient: the event stays on {queue.stream} for a retry"
-                )
+            _report_failure(sample, result.reason, failure, queue, echo)
             return result
-        result.ok = True
-        result.chunks = int(mine.get("chunks") or 0)
-        result.seconds = float(mine.get("seconds") or 0.0)
-        result.provider = mine.get("provider")
-        echo(f"   Using the {result.provider} provider")
-        if mine.get("skipped"):
-            echo(f"   Unchanged since the last run: kept its {result.chunks} chunks")
-        else:
-            echo(f"   Created {result.chunks} chunks in {result.seconds:.1f}s")
-        echo(f"✅ Successfully processed {sample.name}")
-        echo("")
-        for resource in (await db.list_resources(tenant_id, file_id=mine.get("file_id")))[:5]:
-            result.rows.append(
-                {
-                    "name": resource.name,
-                    "category": resource.category,
-                    "size": len(resource.content),
-                }
-            )
-        echo("📊 Verify in database:")
-        for line in verify_sql(settings, tenant_id):
-            echo(f"   {line}")
-        if result.rows:
-            echo("")
-            echo(f"   {'name':<24} | {'category':<14} | size")
-            for row in result.rows:
-                echo(f"   {row['name']:<24} | {row['category']:<14} | {row['size']}")
+        await _report_success(db, settings, sample, tenant_id, settled, result, echo)
         return result
     finally:
         for note in result.notes:
@@ -283,3 +201,125 @@ async def _run_selftest(
         finally:
             await nc.close()
             await database.dispose()
+
+
+async def _bind_test_queue(js: Any, queue: tiers.QueueSpec, echo: Echo) -> Any:
+    """The TEST queue's consumer; created exactly as the router would when no router has run
+    against these servers (embedded mode). Production tiers are left alone."""
+    from p8fs_runner.topology import ConsumerNotFound, bind_consumer, ensure_topology
+
+    try:
+        return await bind_consumer(js, queue)
+    except ConsumerNotFound:
+        await ensure_topology(js, (queue,))
+        echo(f"   Created {queue.stream}/{queue.durable} (no router had run here)")
+        return await bind_consumer(js, queue)
+
+
+async def _publish_sample(
+    js: Any,
+    queue: tiers.QueueSpec,
+    size: int,
+    bucket: str,
+    key: str,
+    tenant_id: str,
+    echo: Echo,
+) -> None:
+    """Publish the sample's storage event, as the bridge would, with a unique message id."""
+    mime = mimetypes.guess_type(key)[0] or "application/octet-stream"
+    event = sample_event(bucket, key, size, mime, tenant_id)
+    ack = await js.publish(
+        queue.subject,
+        json.dumps(event).encode(),
+        headers={"Nats-Msg-Id": f"selftest:s3://{bucket}/{key}:{time.time_ns()}"},
+        stream=queue.stream,
+    )
+    echo(f"✅ Published to: {queue.subject}")
+    echo(f"   Stream: {ack.stream}  sequence {ack.seq}")
+    echo("")
+
+
+async def _process_until_settled(
+    worker: Worker, sub: Any, uri: str, time_limit: float, echo: Echo
+) -> tuple[SettledFile | None, FailedDelivery | None]:
+    """Run ``worker`` until the sample's event is settled or ``time_limit`` passes.
+
+    Older test events still on the queue are processed too; a failed delivery of ours stops the
+    run at once (a transient one is reported now, not after its retry).
+    """
+    stop = asyncio.Event()
+    found: list[tuple[SettledFile | None, FailedDelivery | None]] = []
+
+    async def watch() -> None:
+        announced = False
+        while not stop.is_set():
+            stats = worker.stats
+            if not announced and (stats.results or stats.failures):
+                echo("✅ Received message from queue")
+                announced = True
+            settled, failure = stats.result_for(uri), stats.failure_for(uri)
+            if settled or failure:
+                found.append((settled, failure))
+                stop.set()
+                return
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await asyncio.wait_for(worker.run(sub, stop, fetch_timeout=1.0), timeout=time_limit)
+    except TimeoutError:
+        pass
+    finally:
+        stop.set()
+        watcher.cancel()
+    return found[0] if found else (None, None)
+
+
+def _report_failure(
+    sample: Path,
+    reason: str,
+    failure: FailedDelivery | None,
+    queue: tiers.QueueSpec,
+    echo: Echo,
+) -> None:
+    echo(f"❌ Processing {sample.name} failed: {reason}")
+    if failure and failure.permanent:
+        echo(f"   The event was dead-lettered to {tiers.DLQ_STREAM} (see `p8fs-run dlq list`)")
+    elif failure:
+        echo(f"   The failure looks transient: the event stays on {queue.stream} for a retry")
+
+
+async def _report_success(
+    db: Any,
+    settings: RunnerSettings,
+    sample: Path,
+    tenant_id: str,
+    settled: SettledFile,
+    result: SelfTestResult,
+    echo: Echo,
+) -> None:
+    """Fill ``result`` from the settled event and show the rows it made."""
+    summary = settled.summary
+    result.ok = True
+    result.chunks = int(summary.get("chunks") or 0)
+    result.seconds = float(summary.get("seconds") or 0.0)
+    result.provider = summary.get("provider")
+    echo(f"   Using the {result.provider} provider")
+    if summary.get("skipped"):
+        echo(f"   Unchanged since the last run: kept its {result.chunks} chunks")
+    else:
+        echo(f"   Created {result.chunks} chunks in {result.seconds:.1f}s")
+    echo(f"✅ Successfully processed {sample.name}")
+    echo("")
+    for resource in (await db.list_resources(tenant_id, file_id=summary.get("file_id")))[:5]:
+        result.rows.append(
+            {"name": resource.name, "category": resource.category, "size": len(resource.content)}
+        )
+    echo("📊 Verify in database:")
+    for line in verify_sql(settings, tenant_id):
+        echo(f"   {line}")
+    if result.rows:
+        echo("")
+        echo(f"   {'name':<24} | {'category':<14} | size")
+        for row in result.rows:
+            echo(f"   {row['name']:<24} | {row['category']:<14} | {row['size']}")

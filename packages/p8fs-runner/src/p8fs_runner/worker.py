@@ -28,7 +28,7 @@ import logging
 import time
 import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -106,7 +106,33 @@ def job_id_for(msg: Msg) -> str:
     return stable_id("job", JOB_TYPE, source)
 
 
-def _recent() -> deque[dict[str, Any]]:
+@dataclass(frozen=True)
+class SettledFile:
+    """One acknowledged event and what was done with it."""
+
+    uri: str
+    event_type: str
+    action: str
+    #: Delivery number (1 = first) and stream sequence of the message.
+    delivery: int
+    seq: int
+    #: What the ``jobs`` row's ``result`` holds (for an ingest, ``p8fs.pipeline.ingest_summary``:
+    #: file_id, chunks, provider, seconds, skipped).
+    summary: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class FailedDelivery:
+    """One delivery that failed: dead-lettered (``permanent``) or handed back for a retry."""
+
+    uri: str
+    reason: str
+    code: str
+    permanent: bool
+    delivery: int
+
+
+def _recent() -> deque[Any]:
     return deque(maxlen=RECENT_OUTCOMES)
 
 
@@ -125,9 +151,16 @@ class WorkerStats:
     interrupted: int = 0
     #: Dependency outages this worker paused for.
     outages: int = 0
-    results: deque[dict[str, Any]] = field(default_factory=_recent)
-    #: One entry per failed delivery: uri, reason, code, permanent (dead-lettered) or not.
-    failures: deque[dict[str, Any]] = field(default_factory=_recent)
+    results: deque[SettledFile] = field(default_factory=_recent)
+    failures: deque[FailedDelivery] = field(default_factory=_recent)
+
+    def result_for(self, uri: str) -> SettledFile | None:
+        """The latest acknowledged result for ``uri``, if it is among the recent ones."""
+        return next((r for r in reversed(self.results) if r.uri == uri), None)
+
+    def failure_for(self, uri: str) -> FailedDelivery | None:
+        """The latest failed delivery of ``uri``, if it is among the recent ones."""
+        return next((f for f in reversed(self.failures) if f.uri == uri), None)
 
 
 class Worker:
@@ -487,13 +520,13 @@ class Worker:
         md = msg.metadata
         if isinstance(outcome, Failed) and event is not None:
             self.stats.failures.append(
-                {
-                    "uri": event.uri,
-                    "reason": str(outcome.error),
-                    "code": outcome.code,
-                    "permanent": isinstance(decision, DeadLetter),
-                    "delivery": md.num_delivered,
-                }
+                FailedDelivery(
+                    uri=event.uri,
+                    reason=str(outcome.error),
+                    code=outcome.code,
+                    permanent=isinstance(decision, DeadLetter),
+                    delivery=md.num_delivered,
+                )
             )
         if isinstance(decision, Ack):
             await self._ack(msg, outcome, event, job)
@@ -521,13 +554,14 @@ class Worker:
         self.stats.acked += 1
         md = msg.metadata
         self.stats.results.append(
-            {
-                "uri": event.uri,
-                "event_type": event.event_type,
-                **outcome.summary,
-                "delivery": md.num_delivered,
-                "seq": md.sequence.stream,
-            }
+            SettledFile(
+                uri=event.uri,
+                event_type=event.event_type,
+                action=outcome.action,
+                delivery=md.num_delivered,
+                seq=md.sequence.stream,
+                summary=outcome.summary,
+            )
         )
 
     async def _nak(
