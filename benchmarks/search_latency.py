@@ -5,7 +5,8 @@ the QMSum chunks repeated, each copy with a word of its own, in files of 1,000 c
 with the helpers of ``retrieval_eval.py``). Reported: p50/p99 of ``p8fs.asearch`` (keyword,
 k=10) and of its database query alone, store cost per chunk with the keyword index maintained,
 and the keyword index's build time from scratch. ``--scan`` adds the in-memory numpy scan
-(matrix-vector product + top 10 of unit float32 vectors) at 10k, 100k and 300k rows.
+(matrix-vector product + top 10 of unit float32 vectors) at 10k, 100k and 300k rows;
+``--pgvector-url`` the same sizes ranked by pgvector inside PostgreSQL.
 
 Why a separate script: retrieval_eval.py measures quality first and takes an hour with the
 embedder; this one is what you run while working on query plans. ``--workdir`` keeps the filled
@@ -87,6 +88,52 @@ def numpy_scan(dim: int, sizes: tuple[int, ...]) -> dict[int, dict[str, float]]:
     return out
 
 
+async def pgvector_scan(url: str, dim: int, sizes: tuple[int, ...]) -> dict[int, Any]:
+    """pgvector's exact scan (``ORDER BY embedding <=> q LIMIT 10`` in one tenant) at each size,
+    the vectors written through the blob column as p8fs writes them (the pgvector column is
+    generated from it): query p50/p99 and the write cost per vector."""
+    import numpy as np
+    from sqlalchemy import text
+
+    from p8fs.database import Database, vectors
+    from p8fs.embedding import normalise
+
+    rng = np.random.default_rng(2)
+    out: dict[int, Any] = {}
+    async with Database(url) as db:
+        await db.init_schema()
+        async with db.engine.connect() as conn:
+            assert await conn.run_sync(vectors.has_pg_column), "no pgvector column"
+        have = 0
+        for rows in sizes:
+            async with db.engine.begin() as conn:
+                have = (await conn.execute(text(
+                    "SELECT count(*) FROM resource_embeddings WHERE tenant_id = 'vec'"))).scalar_one()
+            started = time.perf_counter()
+            for start in range(have, rows, 5000):
+                batch = normalise(rng.standard_normal((min(5000, rows - start), dim)))
+                async with db.engine.begin() as conn:
+                    await conn.execute(text(
+                        "INSERT INTO resource_embeddings (tenant_id, resource_id, model, file_id, "
+                        "dimension, content_hash, vector) VALUES ('vec', :rid, 'm', 'f', :dim, "
+                        "'h', :blob)"), [
+                        {"rid": f"r{start + i:08d}", "dim": dim, "blob": v.astype("<f4").tobytes()}
+                        for i, v in enumerate(batch)])
+            written = rows - have
+            times = []
+            for _ in range(20):
+                query = normalise(rng.standard_normal((1, dim)))[0].tolist()
+                t = time.perf_counter()
+                async with db.engine.connect() as conn:
+                    await conn.run_sync(lambda c, q=query: vectors.pg_nearest(
+                        c, "vec", "m", q, limit=10))
+                times.append(time.perf_counter() - t)
+            out[rows] = {**summary(times), "write_ms_per_vector": round(
+                1000 * (time.perf_counter() - started - sum(times)) / max(written, 1), 3)}
+            print("pgvector", rows, out[rows], file=sys.stderr)
+    return out
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     from p8fs.database import Database
     from p8fs.settings import Settings
@@ -133,6 +180,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             print(kind, json.dumps(entry), file=sys.stderr)
     if args.scan:
         report["numpy_scan"] = numpy_scan(args.dim, (10_000, 100_000, 300_000))
+    if args.pgvector_url:
+        report["pgvector_scan"] = await pgvector_scan(args.pgvector_url, args.dim,
+                                                      (10_000, 100_000, 300_000))
     return report
 
 
@@ -148,6 +198,8 @@ def cli() -> None:
                         help="also time a rebuild of the keyword index from scratch")
     parser.add_argument("--scan", action="store_true", help="also time the numpy scan")
     parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--pgvector-url", help="a PostgreSQL database with pgvector installed: "
+                        "also time pgvector's scan (writes a tenant 'vec' of random vectors)")
     args = parser.parse_args()
     text = json.dumps(asyncio.run(main(args)), indent=2)
     print(text)
