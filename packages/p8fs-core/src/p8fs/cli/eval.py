@@ -182,11 +182,6 @@ def eval_command(
     output is scored: moment-type agreement, emotion/topic tag overlap (Jaccard), time overlap
     (IoU) and present-person precision/recall.
     """
-    from rich.console import Console
-
-    from p8fs.agents.moments import MomentBuilder
-    from p8fs.agents.scoring import mean_scores, score_case, score_table
-    from p8fs.agents.transcripts import parse_json_text
     from p8fs.plugins import get_registry
 
     try:
@@ -195,29 +190,9 @@ def eval_command(
         raise click.BadParameter(str(exc), param_hint="--agent-model") from exc
 
     folder = file_.is_dir()
-    if folder:
-        cases = sorted(file_.rglob("*" + INPUT_SUFFIX))
-        if not cases:
-            raise click.BadParameter(f"no *{INPUT_SUFFIX} files in {file_}", param_hint="--file")
-        if expected is not None:
-            raise click.BadParameter(
-                "with a folder, expected files are found beside each input", param_hint="--expected"
-            )
-    else:
-        cases = [file_]
+    cases = _cases(file_, expected)
     root = file_ if folder else file_.parent
-
-    # Scores: for MomentBuilder, wherever an expected file exists.
-    pairs: dict[str, Path] = {}
-    for path in cases:
-        name = str(path.relative_to(root)) if folder else path.name
-        exp = expected if not folder else _expected_for(path)
-        if exp is not None:
-            pairs[name] = exp
-    if pairs and not issubclass(agent, MomentBuilder):
-        raise click.BadParameter(
-            f"scoring is defined for MomentBuilder, not {agent.__name__}", param_hint="--expected"
-        )
+    pairs = _expected_files(agent, cases, root, expected, folder=folder)
 
     options: dict[str, Any] = {"model": model, "max_retries": max_retries}
     _quiet_libraries(verbose)
@@ -231,49 +206,11 @@ def eval_command(
             click.echo(line, err=True)
         raise click.ClickException(str(error))
 
-    text = _render(results, fmt, single=not folder) if results else ""
-    to_stdout = output is None or str(output) in ("-", "/dev/stdout")
-    if to_stdout:
-        if text:
-            click.echo(text, nl=False)
-    else:
-        assert output is not None
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
-
-    # The table never shares stdout with the YAML/JSON, so that output stays parseable.
+    to_stdout = _write_output(_render(results, fmt, single=not folder) if results else "", output)
     names = [_case_name(p, root) for p in cases]
-    width = max(100, max(len(n) for n in names) + 70)
-    console = Console(stderr=to_stdout, width=width)
     problems = {name: str(exc) for name, exc in failures.items()}
     if pairs:
-        scores = []
-        for name, exp_path in pairs.items():
-            if name not in results:
-                continue
-            try:
-                exp_data = parse_json_text(exp_path.read_text(encoding="utf-8"), str(exp_path))
-                scores.append(score_case(name, results[name], exp_data))
-            except (P8fsError, ValueError, TypeError) as exc:
-                problems[name] = f"expected file {exp_path.name} unusable: {exc}"
-        scored = {s.case for s in scores}
-        judged = [n for n in names if n in pairs or n in problems]
-        console.print(score_table(scores, problems, order=judged))
-        if scores_path is not None:
-            failed = [n for n in judged if n not in scored]
-            scores_path.write_text(
-                json.dumps(
-                    {
-                        "cases": [s.as_dict() for s in scores],
-                        "mean": mean_scores(scores, failed=len(failed)),
-                        "mean_scored": mean_scores(scores),
-                        "failed": len(failed),
-                        "failures": {n: problems.get(n, "no score") for n in failed},
-                    },
-                    indent=2,
-                ),
-                encoding="utf-8",
-            )
+        _report_scores(results, pairs, names, problems, scores_path, to_stdout=to_stdout)
     for name in names:
         if name in problems:
             click.echo(f"error: {name}: {problems[name]}", err=True)
@@ -282,3 +219,99 @@ def eval_command(
                     click.echo(line, err=True)
     if problems:
         sys.exit(1)
+
+
+def _cases(file_: Path, expected: Path | None) -> list[Path]:
+    """The input files: ``file_`` itself, or every ``*_input.json`` under the folder."""
+    if not file_.is_dir():
+        return [file_]
+    cases = sorted(file_.rglob("*" + INPUT_SUFFIX))
+    if not cases:
+        raise click.BadParameter(f"no *{INPUT_SUFFIX} files in {file_}", param_hint="--file")
+    if expected is not None:
+        raise click.BadParameter(
+            "with a folder, expected files are found beside each input", param_hint="--expected"
+        )
+    return cases
+
+
+def _expected_files(
+    agent: type[Any], cases: list[Path], root: Path, expected: Path | None, *, folder: bool
+) -> dict[str, Path]:
+    """Case name -> expected moments file, wherever one exists (scoring is MomentBuilder's)."""
+    from p8fs.agents.moments import MomentBuilder
+
+    pairs: dict[str, Path] = {}
+    for path in cases:
+        name = str(path.relative_to(root)) if folder else path.name
+        exp = expected if not folder else _expected_for(path)
+        if exp is not None:
+            pairs[name] = exp
+    if pairs and not issubclass(agent, MomentBuilder):
+        raise click.BadParameter(
+            f"scoring is defined for MomentBuilder, not {agent.__name__}", param_hint="--expected"
+        )
+    return pairs
+
+
+def _write_output(text: str, output: Path | None) -> bool:
+    """Write the agents' output to ``output`` (stdout when unset or ``-``); True for stdout."""
+    to_stdout = output is None or str(output) in ("-", "/dev/stdout")
+    if to_stdout:
+        if text:
+            click.echo(text, nl=False)
+    else:
+        assert output is not None
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+    return to_stdout
+
+
+def _report_scores(
+    results: dict[str, Any],
+    pairs: dict[str, Path],
+    names: list[str],
+    problems: dict[str, str],
+    scores_path: Path | None,
+    *,
+    to_stdout: bool,
+) -> None:
+    """Score every case that has an expected file; print the table, write ``--scores``.
+
+    The table goes to stderr when the output is on stdout, so that the YAML/JSON there stays
+    parseable. A case whose expected file is unusable joins ``problems``.
+    """
+    from rich.console import Console
+
+    from p8fs.agents.scoring import mean_scores, score_case, score_table
+    from p8fs.agents.transcripts import parse_json_text
+
+    scores = []
+    for name, exp_path in pairs.items():
+        if name not in results:
+            continue
+        try:
+            exp_data = parse_json_text(exp_path.read_text(encoding="utf-8"), str(exp_path))
+            scores.append(score_case(name, results[name], exp_data))
+        except (P8fsError, ValueError, TypeError) as exc:
+            problems[name] = f"expected file {exp_path.name} unusable: {exc}"
+    judged = [n for n in names if n in pairs or n in problems]
+    width = max(100, max(len(n) for n in names) + 70)
+    Console(stderr=to_stdout, width=width).print(score_table(scores, problems, order=judged))
+    if scores_path is None:
+        return
+    scored = {s.case for s in scores}
+    failed = [n for n in judged if n not in scored]
+    scores_path.write_text(
+        json.dumps(
+            {
+                "cases": [s.as_dict() for s in scores],
+                "mean": mean_scores(scores, failed=len(failed)),
+                "mean_scored": mean_scores(scores),
+                "failed": len(failed),
+                "failures": {n: problems.get(n, "no score") for n in failed},
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
