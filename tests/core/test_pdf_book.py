@@ -260,3 +260,33 @@ def test_small_streams_are_measured_in_one_step_with_the_same_totals(
     assert quick == slow > path.stat().st_size
     assert full_calls > 500  # every stream took the full path
     assert quick_full_calls * 10 < full_calls  # now only the few large or odd ones do
+
+
+def test_page_text_through_pdfium_handles_is_pypdfium2s_text_on_every_corpus_page() -> None:
+    """Pages are read through pdfium's C handles (pypdfium2's page objects cost more per page
+    than the text); the text and the "draws anything" answer must be exactly the helpers'."""
+    pypdfium2 = pytest.importorskip("pypdfium2")
+    import pypdfium2.raw as pdfium_c
+
+    from p8fs_node import pdf
+
+    compared = 0
+    for path in sorted(corpus_path("pdf").glob("*.pdf")):
+        try:
+            doc = pypdfium2.PdfDocument(path)
+        except pypdfium2.PdfiumError:
+            continue  # encrypted or unreadable: nothing to compare
+        try:
+            for index in range(len(doc)):
+                page = doc[index]
+                textpage = page.get_textpage()
+                expected = pdf.normalize_pdfium_text(textpage.get_text_range())
+                draws = pdfium_c.FPDFPage_CountObjects(page) > 0
+                textpage.close()
+                page.close()
+                with pdf.pdfium_lock(None):
+                    assert pdf._raw_page_text(doc, index) == (expected, draws), (path.name, index)
+                compared += 1
+        finally:
+            doc.close()
+    assert compared > 150

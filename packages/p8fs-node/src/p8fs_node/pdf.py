@@ -840,7 +840,11 @@ def _pdfium_page_text(
     import pypdfium2.raw as pdfium_c
 
     with pdfium_lock(deadline):
-        page = doc[index]
+        if doc.formenv is None:
+            # pdfium's own handles: pypdfium2's page and text-page objects (finalizers, weak
+            # references, parent links) cost more per page than reading the text itself.
+            return _raw_page_text(doc, index)
+        page = doc[index]  # with a form environment: pypdfium2 notifies it of the page
         try:
             textpage = page.get_textpage()
             try:
@@ -850,6 +854,48 @@ def _pdfium_page_text(
             has_content = pdfium_c.FPDFPage_CountObjects(page) > 0
         finally:
             page.close()
+    return normalize_pdfium_text(raw), has_content
+
+
+def _raw_page_text(doc: pypdfium2.PdfDocument, index: int) -> tuple[str, bool]:
+    """:func:`_pdfium_page_text` on pdfium's C handles (caller holds :data:`PDFIUM_LOCK`).
+
+    The same calls, in the same order, as pypdfium2's ``PdfPage.get_textpage()`` and
+    ``PdfTextPage.get_text_range()``, including the latter's trimming of leading and trailing
+    characters that have no text index (pdfium bug 2079, which otherwise reads past the
+    range), so the text is identical; on a 627-page book it saves ~4% of raw pypdfium2's time.
+    """
+    import codecs
+    import ctypes
+
+    import pypdfium2
+    import pypdfium2.raw as pdfium_c
+
+    page = pdfium_c.FPDF_LoadPage(doc, index)
+    if not page:
+        raise pypdfium2.PdfiumError("Failed to load page.")
+    try:
+        textpage = pdfium_c.FPDFText_LoadPage(page)
+        if not textpage:
+            raise pypdfium2.PdfiumError("Failed to load text page.")
+        try:
+            raw = ""
+            first, last = 0, pdfium_c.FPDFText_CountChars(textpage) - 1
+            while first <= last and pdfium_c.FPDFText_GetTextIndexFromCharIndex(textpage, first) == -1:
+                first += 1
+            while first <= last and pdfium_c.FPDFText_GetTextIndexFromCharIndex(textpage, last) == -1:
+                last -= 1
+            if first <= last:
+                text_first = pdfium_c.FPDFText_GetTextIndexFromCharIndex(textpage, first)
+                text_last = pdfium_c.FPDFText_GetTextIndexFromCharIndex(textpage, last)
+                buffer = (ctypes.c_ushort * (text_last + 2 - text_first))()
+                written = pdfium_c.FPDFText_GetText(textpage, first, last + 1 - first, buffer)
+                raw = codecs.decode(memoryview(buffer)[: written - 1], "utf-16-le", "ignore")
+        finally:
+            pdfium_c.FPDFText_ClosePage(textpage)
+        has_content = pdfium_c.FPDFPage_CountObjects(page) > 0
+    finally:
+        pdfium_c.FPDF_ClosePage(page)
     return normalize_pdfium_text(raw), has_content
 
 
