@@ -16,8 +16,10 @@ Any configured model runs: Anthropic (``ANTHROPIC_API_KEY``), OpenAI (``--model 
 or a local OpenAI-compatible server (``P8FS_LLM_BASE_URL``, a bare ``--model`` name). With
 ``--llama`` the benchmark starts the project's llama.cpp test server itself (SmolLM2-135M, from
 the side venv ``scripts/llama_server_env.sh`` builds) and runs against it. Failures count as 0 in
-the means (a model cannot look good by being scored only where it worked); per call it reports
-latency and the tokens the server counted.
+the means (a model cannot look good by being scored only where it worked). Beside the scores, a
+cost table gives, for the model and the floor, latency per transcript and, per call the server
+answered (re-asks, split parts and final summary calls included), latency and the prompt and
+completion tokens of the server's ``usage``; ``--structured-output`` picks the mode.
 
 Run: ``uv run --all-packages --all-extras python benchmarks/moments_eval.py [--model M] [--llama]``.
 Corpus location: ``P8FS_CORPUS_DIR`` (default: ``../shared/corpus`` beside the repository).
@@ -29,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -62,6 +65,7 @@ def baseline(transcript: Any) -> dict[str, Any]:
 
 async def run(model: str | None, with_model: bool, limit: int | None = None) -> int:
     from rich.console import Console
+    from rich.table import Table
 
     from p8fs.agents import MomentBuilder, read_transcript
     from p8fs.agents.runtime import USAGE, UsageMeter
@@ -71,7 +75,9 @@ async def run(model: str | None, with_model: bool, limit: int | None = None) -> 
     meter = UsageMeter()
     USAGE.set(meter)
 
-    console = Console(width=150)
+    console = Console(width=170)
+    mode = os.environ.get("P8FS_LLM_STRUCTURED_OUTPUT", "auto")
+    label = f"{model or 'default model'}, structured output {mode}"
     root = corpus_dir() / SAMPLES
     if not root.is_dir():
         console.print(f"corpus samples not found at {root} (set P8FS_CORPUS_DIR)")
@@ -85,6 +91,7 @@ async def run(model: str | None, with_model: bool, limit: int | None = None) -> 
     base_scores, model_scores = [], []
     failures: dict[str, str] = {}
     model_failures: dict[str, str] = {}
+    base_seconds: list[float] = []
     seconds: list[float] = []
     for path in cases:
         name = str(path.relative_to(root))
@@ -96,7 +103,10 @@ async def run(model: str | None, with_model: bool, limit: int | None = None) -> 
         except P8fsError as exc:
             failures[name] = str(exc)
             continue
-        base_scores.append(score_case(name, baseline(transcript), expected))
+        started = time.perf_counter()
+        floor = baseline(transcript)
+        base_seconds.append(time.perf_counter() - started)
+        base_scores.append(score_case(name, floor, expected))
         if not with_model:
             continue
         started = time.perf_counter()
@@ -107,7 +117,8 @@ async def run(model: str | None, with_model: bool, limit: int | None = None) -> 
         except P8fsError as exc:
             model_failures[name] = str(exc)
             continue
-        seconds.append(time.perf_counter() - started)
+        finally:
+            seconds.append(time.perf_counter() - started)  # failed runs cost time too
         model_scores.append(score_case(name, result, expected))
 
     table = score_table(base_scores, failures, order=names)
@@ -120,39 +131,91 @@ async def run(model: str | None, with_model: bool, limit: int | None = None) -> 
             "No model is configured (ANTHROPIC_API_KEY, OPENAI_API_KEY or P8FS_LLM_BASE_URL): "
             "MomentBuilder was not run."
         )
+        console.print(cost_table(base_seconds, None, [], [], label))
         return 0
     all_failures = {**failures, **model_failures}
     table = score_table(model_scores, all_failures, order=names)
     table.title = f"MomentBuilder ({model or 'default model'})"
+    table.caption = f"structured output: {mode}"
     console.print(table)
     for name, error in model_failures.items():
         console.print(f"model failed: {name}: {error}", markup=False)
-    if seconds:
-        console.print(
-            f"{len(seconds)} transcripts, {sum(seconds) / len(seconds):.1f} s each on average"
-        )
-    if meter.calls:
-        calls = meter.calls
-        prompt = [c.prompt_tokens for c in calls if c.prompt_tokens is not None]
-        completion = [c.completion_tokens for c in calls if c.completion_tokens is not None]
-        secs = sorted(c.seconds for c in calls)
-        rate = sum(completion) / sum(c.seconds for c in calls) if completion else 0.0
-        console.print(
-            f"{len(calls)} answered calls: latency median {secs[len(secs) // 2]:.1f} s, "
-            f"max {secs[-1]:.1f} s; tokens per call: prompt "
-            f"{sum(prompt) / max(len(prompt), 1):.0f}, completion "
-            f"{sum(completion) / max(len(completion), 1):.0f} ({rate:.1f} completion tokens/s)"
-        )
     # Means over the transcripts both could read; a model failure scores 0 there.
     readable = len(base_scores)
     base = mean_scores(base_scores)
     got = mean_scores(model_scores, failed=readable - len(model_scores))
-    console.print(f"model failures: {len(model_failures)} of {readable}")
+    summary = Table(title="means over every readable transcript (a model failure scores 0)")
+    summary.add_column("")
+    for key in base:
+        summary.add_column(key, justify="right")
+    summary.add_column("failures", justify="right")
+    summary.add_row("baseline", *(f"{base[k]:.2f}" for k in base), str(len(failures)))
+    summary.add_row(label, *(f"{got[k]:.2f}" for k in base), str(len(model_failures)))
+    summary.add_row("difference", *(f"{got[k] - base[k]:+.2f}" for k in base), "")
+    console.print(summary)
     console.print(
         "MomentBuilder minus baseline: "
         + ", ".join(f"{key} {got[key] - base[key]:+.2f}" for key in base)
     )
+    console.print(cost_table(base_seconds, seconds, meter.calls, model_scores, label))
     return 0
+
+
+def cost_table(
+    base_seconds: list[float],
+    seconds: list[float] | None,
+    calls: list[Any],
+    model_scores: list[Any],
+    label: str,
+) -> Any:
+    """Latency and tokens: per transcript, and per answered call as the server counted them
+    (every HTTP request: re-asks, split parts and final summary calls included)."""
+    from rich.table import Table
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values) if values else 0.0
+
+    table = Table(title="cost: latency and tokens (the baseline makes no model call)")
+    for column in (
+        "",
+        "transcripts",
+        "s per transcript (median)",
+        "calls",
+        "calls per transcript",
+        "s per call (median / max)",
+        "prompt tokens per call",
+        "completion tokens per call",
+        "completion tokens/s",
+    ):
+        table.add_column(column, justify="right" if column else "left")
+    table.add_row(
+        "baseline",
+        str(len(base_seconds)),
+        f"{median(base_seconds):.4f}",
+        "0",
+        "0",
+        "-",
+        "0",
+        "0",
+        "-",
+    )
+    if seconds is not None:
+        prompt = [c.prompt_tokens for c in calls if c.prompt_tokens is not None]
+        completion = [c.completion_tokens for c in calls if c.completion_tokens is not None]
+        per_call = [c.seconds for c in calls]
+        busy = sum(per_call)
+        table.add_row(
+            label,
+            str(len(seconds)),
+            f"{median(seconds):.1f}",
+            str(len(calls)),
+            f"{len(calls) / max(len(seconds), 1):.1f}",
+            f"{median(per_call):.1f} / {max(per_call, default=0.0):.1f}",
+            f"{statistics.mean(prompt):.0f}" if prompt else "-",
+            f"{statistics.mean(completion):.0f}" if completion else "-",
+            f"{sum(completion) / busy:.1f}" if completion and busy else "-",
+        )
+    return table
 
 
 def main() -> int:
@@ -162,11 +225,19 @@ def main() -> int:
         "--limit", type=int, default=None, help="score only N transcripts (spread over the corpus)"
     )
     parser.add_argument(
+        "--structured-output",
+        choices=["auto", "tools", "json_schema", "grammar", "json", "md_json"],
+        default=None,
+        help="P8FS_LLM_STRUCTURED_OUTPUT for this run",
+    )
+    parser.add_argument(
         "--llama",
         action="store_true",
         help="start the llama.cpp test server (scripts/llama_server_env.sh) and run against it",
     )
     args = parser.parse_args()
+    if args.structured_output:
+        os.environ["P8FS_LLM_STRUCTURED_OUTPUT"] = args.structured_output
     if args.llama:
         return run_on_llama(args.model, args.limit)
     with_model = bool(
