@@ -243,8 +243,9 @@ def decode_vector(value: Any) -> bytes:
 #: One vector per chunk and embedding model (semantic search). ``content_hash`` is the sha256 of
 #: the chunk text that was embedded: a chunk whose text changes loses its vector in the same
 #: transaction (:meth:`p8fs.database.Database.store_file`), an unchanged one keeps it. Vectors are
-#: little-endian float32 blobs of ``dimension`` values, unit length, scanned with numpy (no native
-#: vector type is used: see docs/search.md for which databases have one).
+#: little-endian float32 blobs of ``dimension`` values, unit length, scanned with numpy; on
+#: PostgreSQL with pgvector a ``vector`` column generated from the blob is added at set-up
+#: (:mod:`p8fs.database.vectors`) and ranks them in the database.
 resource_embeddings = Table(
     "resource_embeddings",
     metadata,
