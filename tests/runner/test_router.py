@@ -152,7 +152,10 @@ async def test_two_replicas_share_one_durable_and_route_each_event_once(js: Any)
 
     keys = [e.key for e in await tier_events(js, tiers.SMALL)]
     assert sorted(keys) == sorted(f"bulk/{i}.txt" for i in range(n))  # each exactly once
-    assert sum(r.stats.routed.get("small", 0) for r in routers) == n
+    # Each event was published at least once. More than once only when a batch outlived the
+    # test queue's 1 s ack wait on a loaded machine and the other replica got it again: the
+    # tier stream's Nats-Msg-Id dedup then kept one copy, which is what the line above proves.
+    assert sum(r.stats.routed.get("small", 0) for r in routers) >= n
     assert await stored(js, tiers.EVENTS_STREAM, 0) == 0
 
 
