@@ -880,14 +880,14 @@ def _raw_page_text(doc: pypdfium2.PdfDocument, index: int) -> tuple[str, bool]:
             raise pypdfium2.PdfiumError("Failed to load text page.")
         try:
             raw = ""
+            text_index = pdfium_c.FPDFText_GetTextIndexFromCharIndex
             first, last = 0, pdfium_c.FPDFText_CountChars(textpage) - 1
-            while first <= last and pdfium_c.FPDFText_GetTextIndexFromCharIndex(textpage, first) == -1:
+            text_first = text_last = -1
+            while first <= last and (text_first := text_index(textpage, first)) == -1:
                 first += 1
-            while first <= last and pdfium_c.FPDFText_GetTextIndexFromCharIndex(textpage, last) == -1:
+            while first <= last and (text_last := text_index(textpage, last)) == -1:
                 last -= 1
             if first <= last:
-                text_first = pdfium_c.FPDFText_GetTextIndexFromCharIndex(textpage, first)
-                text_last = pdfium_c.FPDFText_GetTextIndexFromCharIndex(textpage, last)
                 buffer = (ctypes.c_ushort * (text_last + 2 - text_first))()
                 written = pdfium_c.FPDFText_GetText(textpage, first, last + 1 - first, buffer)
                 raw = codecs.decode(memoryview(buffer)[: written - 1], "utf-16-le", "ignore")
