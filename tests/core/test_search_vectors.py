@@ -246,3 +246,51 @@ async def test_sqlite_semantic_search_says_once_why_it_scans(
             assert hits[0].resource_id == chunks[2].id
     assert not await native_vectors(sqlite_database)
     assert sum("cannot load extensions" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_pgvector_needs_the_extension_created_once_by_an_administrator(
+    pgvector_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A role that may not CREATE EXTENSION (pgvector is not a trusted extension) keeps the
+    blobs and the numpy scan, says why once, and gets the column at the next init_schema after
+    an administrator created the extension."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    admin_url = make_url(pgvector_url)
+    admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text("DROP DATABASE IF EXISTS p8fs_plain"))
+        await conn.execute(text("DROP ROLE IF EXISTS p8fs_plain"))
+        await conn.execute(text("CREATE ROLE p8fs_plain LOGIN"))
+        await conn.execute(text("CREATE DATABASE p8fs_plain OWNER p8fs_plain"))
+    await admin.dispose()
+    plain_url = admin_url.set(username="p8fs_plain", database="p8fs_plain")
+    vectors._logged.discard("pg-create")
+    db = Database(plain_url.render_as_string(hide_password=False))
+    try:
+        with caplog.at_level(logging.INFO, logger="p8fs.database.vectors"):
+            await db.init_schema()
+        assert not await native_vectors(db)
+        assert any("cannot CREATE EXTENSION" in r.getMessage() for r in caplog.records)
+        emb = TableEmbedder()
+        chunks = await _store(db, A, "s3://a/f.txt", "text/plain", 6)
+        await _embed(db, emb, chunks)
+        [hit] = await asearch(chunks[4].content, A, k=1, mode="semantic", database=db,
+                              embedder=emb)
+        assert hit.resource_id == chunks[4].id
+
+        superuser = create_async_engine(admin_url.set(database="p8fs_plain"),
+                                        isolation_level="AUTOCOMMIT")
+        async with superuser.connect() as conn:
+            await conn.execute(text("CREATE EXTENSION vector"))
+        await superuser.dispose()
+        await db.init_schema()  # adds the column, computed for the vectors already stored
+        retrieval._native.pop(str(db.url), None)
+        assert await native_vectors(db)
+        [hit] = await asearch(chunks[4].content, A, k=1, mode="semantic", database=db,
+                              embedder=emb)
+        assert hit.resource_id == chunks[4].id and hit.score == pytest.approx(1.0, abs=1e-5)
+    finally:
+        retrieval._native.pop(str(db.url), None)
+        await db.dispose()
