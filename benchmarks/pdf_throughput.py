@@ -300,6 +300,7 @@ def run_book_worker() -> None:
 
 def book_benchmark(corpus: Path, repeat: int, json_path: Path | None) -> None:
     """``--book``: the whole-file comparison described in the module docstring."""
+    import statistics
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="p8fs-book-") as folder:
@@ -322,6 +323,13 @@ def book_benchmark(corpus: Path, repeat: int, json_path: Path | None) -> None:
     result.update(pages=pages, bytes=size)
     result["ratio"] = result["p8fs_median"] / result["raw_median"]
     result["cpu_ratio"] = result["p8fs_cpu_median"] / result["raw_cpu_median"]
+    # Each p8fs run follows a raw run: their ratio sees the same load, so its median drifts
+    # less than the ratio of medians when other work comes and goes; the best runs are the
+    # least disturbed (the per-file table above uses best-of too).
+    result["paired_ratio"] = statistics.median(
+        p / r for p, r in zip(result["p8fs_seconds"], result["raw_seconds"], strict=True)
+    )
+    result["best_ratio"] = min(result["p8fs_seconds"]) / min(result["raw_seconds"])
     result["load_average"] = [load_before, load_after]
     print(
         f"book: {pages} pages ({' + '.join(f'{Path(p).name} x{n}' for p, n in BOOK_PARTS)}), "
@@ -338,8 +346,8 @@ def book_benchmark(corpus: Path, repeat: int, json_path: Path | None) -> None:
             f"| {runs} |"
         )
     print(
-        f"\np8fs / raw: {result['ratio']:.2f} wall, {result['cpu_ratio']:.2f} CPU (target: wall "
-        "<= 1.5)"
+        f"\np8fs / raw: {result['ratio']:.2f} wall (median of pairs {result['paired_ratio']:.2f}, "
+        f"best {result['best_ratio']:.2f}), {result['cpu_ratio']:.2f} CPU (target: wall <= 1.5)"
     )
     if json_path:
         json_path.write_text(json.dumps(result, indent=2))
