@@ -19,7 +19,6 @@ Failures are typed for the queue: :class:`EmbedderUnavailable` (refused connecti
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, Field
 
 from p8fs.errors import ConfigurationError, P8fsError, ProviderUnavailable, TransientError
+from p8fs.ids import content_hash
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
@@ -69,11 +69,6 @@ class EmbedderUnavailable(TransientError):
     """The embedder did not answer, timed out or is overloaded: a dependency outage."""
 
     code = "embedder_unavailable"
-
-
-def content_hash(text: str) -> str:
-    """What "unchanged content" means for the embedding step: sha256 of the chunk's text."""
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def require_numpy() -> Any:

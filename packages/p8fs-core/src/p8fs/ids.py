@@ -31,3 +31,8 @@ def stable_id(*parts: str) -> str:
 def uri_hash(uri: str) -> str:
     """sha256 hex of a URI: indexable where the URI itself is too long (TiDB's 3,072 bytes)."""
     return hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def content_hash(text: str) -> str:
+    """sha256 hex of a chunk's text: what "unchanged content" means for its stored vector."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -52,10 +52,10 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from p8fs.database import schema, search_sql
 from p8fs.database.errors import UnstorableText, classify, safe_url
+from p8fs.database.filters import file_filters
 from p8fs.database.spool import RowSpool
-from p8fs.embedding import content_hash
 from p8fs.errors import ConfigurationError, InvalidPath, TransientError
-from p8fs.ids import uri_hash
+from p8fs.ids import content_hash, uri_hash
 from p8fs.models import (
     FINAL_JOB_STATUSES,
     ErrorRecord,
@@ -782,7 +782,7 @@ class Database:
     ) -> list[tuple[str, bytes, int]]:
         """The tenant's vectors of ``model`` as (resource id, float32 blob, dimension), filtered
         by the chunk's file URI prefix and MIME type."""
-        where, params = search_sql._filters(uri_prefix, mime_types)
+        where, params = file_filters(uri_prefix, mime_types)
         params.update(tenant=tenant_id, model=model)
         sql = text(
             "SELECT e.resource_id, e.vector, e.dimension FROM resource_embeddings e "

@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, delete, select, text
 from sqlalchemy.engine import Connection
 
 from p8fs.database import schema, vectors
+from p8fs.database.filters import file_filters
 from p8fs.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -142,28 +143,6 @@ def pg_text_config(conn: Connection) -> str | None:
 # -- keyword queries --------------------------------------------------------------------------
 
 
-def _filters(uri_prefix: str | None, mime_types: Sequence[str]) -> tuple[str, dict[str, Any]]:
-    """SQL conditions on ``f`` for a URI prefix and MIME types (``type/*`` matches a family)."""
-    clauses: list[str] = []
-    params: dict[str, Any] = {}
-    if uri_prefix:
-        # substr, not LIKE: LIKE folds case on SQLite and would need escaping everywhere.
-        clauses.append("substr(f.uri, 1, :prefix_len) = :prefix")
-        params.update(prefix=uri_prefix, prefix_len=len(uri_prefix))
-    if mime_types:
-        alternatives: list[str] = []
-        for i, mime in enumerate(mime_types):
-            if mime.endswith("/*"):
-                family = mime[:-1]
-                alternatives.append(f"substr(f.mime_type, 1, :mime_len{i}) = :mime{i}")
-                params.update({f"mime{i}": family, f"mime_len{i}": len(family)})
-            else:
-                alternatives.append(f"f.mime_type = :mime{i}")
-                params[f"mime{i}"] = mime
-        clauses.append("(" + " OR ".join(alternatives) + ")")
-    return "".join(f" AND {c}" for c in clauses), params
-
-
 def keyword_query(
     conn: Connection,
     backend: str,
@@ -179,7 +158,7 @@ def keyword_query(
     (higher is better; comparable within one query only)."""
     if not terms:
         return []
-    where, params = _filters(uri_prefix, mime_types)
+    where, params = file_filters(uri_prefix, mime_types)
     params.update(tenant=tenant_id, limit=limit)
     if backend == "fts5":
         fts = schema.SQLITE_FTS_TABLE

@@ -30,6 +30,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from p8fs.database.filters import file_filters
+
 log = logging.getLogger(__name__)
 
 #: The pgvector column generated from the float32 blob.
@@ -138,9 +140,8 @@ def pg_nearest(
 ) -> list[tuple[str, float]]:
     """(resource id, cosine similarity) of the tenant's ``limit`` vectors of ``model`` nearest
     to the unit vector ``query``, best first, ranked by pgvector's ``<=>`` (cosine distance)."""
-    from p8fs.database.search_sql import _filters
 
-    where, params = _filters(uri_prefix, mime_types)
+    where, params = file_filters(uri_prefix, mime_types)
     files_join = (
         " JOIN files f ON f.tenant_id = e.tenant_id AND f.id = e.file_id" if where else ""
     )
