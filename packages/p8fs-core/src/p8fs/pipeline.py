@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import queue
 import threading
 import time
 import traceback
 import weakref
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -382,37 +383,21 @@ async def _threaded(items: Iterator[Any], context: ExtractContext) -> AsyncItera
     # Set by the loop just before it sleeps; the thread that sees it set wakes the loop once.
     waiting = threading.Event()
 
-    def put(kind: str, value: Any) -> None:
+    def put(kind: str, value: Any) -> bool:
         while not slots.acquire(timeout=0.5):
             if stop.is_set():
-                return
+                return False
         handed.append((kind, value))
         if not waiting.is_set() or (kind == "item" and len(handed) < WAKE_BATCH):
-            return  # the loop will find the item when it is next woken (or finds it awake)
+            return True  # the loop will find the item when it is next woken (or finds it awake)
         waiting.clear()
         try:
             loop.call_soon_threadsafe(arrived.set)
         except RuntimeError:  # the loop is closed: nobody is listening any more
             stop.set()
+        return True
 
-    def run() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                put("item", item)
-            put("done", None)
-        except BaseException as exc:
-            put("error", exc)
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    log.debug("closing the extraction iterator failed", exc_info=True)
-
-    _EXTRACT_THREADS.submit(run)
+    _EXTRACT_THREADS.submit(functools.partial(_pump, items, put, stop))
     try:
         while True:
             while not handed:
@@ -478,23 +463,7 @@ def _read_ahead(items: Iterable[T], context: ExtractContext) -> Iterator[T]:
                 continue
         return False
 
-    def run() -> None:
-        try:
-            for item in iterator:
-                if not put("item", item):
-                    return
-            put("done", None)
-        except BaseException as exc:
-            put("error", exc)
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    log.debug("closing the read-ahead iterator failed", exc_info=True)
-
-    _EXTRACT_THREADS.submit(run)
+    _EXTRACT_THREADS.submit(functools.partial(_pump, iterator, put, stop))
     try:
         while True:
             try:
@@ -510,6 +479,29 @@ def _read_ahead(items: Iterable[T], context: ExtractContext) -> Iterator[T]:
                 return
     finally:
         stop.set()
+
+
+def _pump(items: Iterable[Any], put: Callable[[str, Any], bool], stop: threading.Event) -> None:
+    """Hand ``items`` to ``put`` as ``("item", x)``, then ``("done", None)`` or ``("error", exc)``.
+
+    Runs in the producing thread, which is also where ``items`` is closed: a provider's
+    generator must be closed by the thread that runs it. Stops early when ``stop`` is set or
+    ``put`` could not deliver (the consumer went away).
+    """
+    try:
+        for item in items:
+            if stop.is_set() or not put("item", item):
+                return
+        put("done", None)
+    except BaseException as exc:
+        put("error", exc)
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.debug("closing the extraction iterator failed", exc_info=True)
 
 
 def _as_p8fs_error(exc: BaseException, uri: str) -> P8fsError:
