@@ -162,113 +162,149 @@ class PdfProvider(ContentProvider):
         options = context.options
         password = _password(options.get("password"))
         layout = option_flag(options.get("layout"), default=False)
-        max_pages = int(extraction_limit(options, "max_pages"))
         name = source_name(source)
 
         with ExitStack() as stack:
             pdfium_input, layout_input = _prepare_input(source, stack, name)
-            # Before PDFium sees the file: it inflates a page's content streams whole, in one
-            # call nothing can interrupt (a 2 MB file can hold a 2 GB stream).
-            max_bytes = int(extraction_limit(options, "max_uncompressed_bytes"))
-            max_ratio = int(extraction_limit(options, "max_compression_ratio"))
-            check_stream_expansion(
-                layout_input,
-                name,
-                max_bytes=max_bytes,
-                max_ratio=max_ratio,
-                deadline=context.deadline,
+            doc, page_count, has_form = _open_within_limits(
+                pdfium_input, layout_input, name, password, context, stack
             )
-            deadline = context.deadline
-            doc = _open_pdfium(pdfium_input, password, name, deadline)
-            stack.callback(_close, doc)
-            with pdfium_lock(deadline):
-                page_count = len(doc)
-                _document_metadata(doc, context.metadata)
-                has_form = _init_forms(doc)
-            if context.metadata.get("encrypted"):
-                # Encrypted stream data is not zlib until decrypted: check it again, decrypted.
-                check_stream_expansion(
-                    layout_input,
-                    name,
-                    max_bytes=max_bytes,
-                    max_ratio=max_ratio,
-                    deadline=deadline,
-                    password=password or "",
-                )
-            context.metadata["pages"] = page_count
             context.metadata["engine"] = "pdfminer.six" if layout else "pypdfium2"
-            if page_count > max_pages:
-                raise LimitExceeded(
-                    f"{name} has {page_count} pages, more than the limit of {max_pages} "
-                    "(option max_pages, setting P8FS_MAX_PAGES)",
-                    pages=page_count,
-                    limit=max_pages,
-                )
-
             layout_pages: Iterator[str | None] | None = None
             if layout:
                 layout_pages = _pdfminer_page_texts(layout_input, password, page_count, context)
-
-            ocr = _OcrPolicy(options)
-            without_text: list[int] = []
-            ocr_pages: list[int] = []
-            failed: list[int] = []
-            context.metadata["pages_without_text"] = without_text
-            context.metadata["ocr_pages"] = ocr_pages
+            pages = _PageReader(doc, has_form, _OcrPolicy(options), context)
             for index in range(page_count):
                 context.check_deadline()
-                number = index + 1
                 mined = next(layout_pages, None) if layout_pages is not None else None
-                try:
-                    text, has_content = _pdfium_page_text(doc, index, deadline)
-                except ProviderError:  # a timeout waiting for PDFium ends the document
-                    raise
-                except Exception as exc:  # a damaged page must not cost the other pages
-                    failed.append(number)
-                    context.metadata["pages_failed"] = failed
-                    if len(failed) <= MAX_PAGE_WARNINGS:
-                        context.warn(f"page {number} could not be read: {exc}")
-                    continue
-                # pdfminer's text, unless it found none where pdfium found some.
-                if mined is not None and (mined.strip() or not text.strip()):
-                    text = mined
-                fields = _form_field_text(doc, index, deadline) if has_form else ""
-                if text.strip():
-                    yield Section(text, {"page": number, "kind": "page"})
-                    if fields:
-                        yield Section(fields, {"page": number, "kind": "form"})
-                    continue
-                if fields:
-                    yield Section(fields, {"page": number, "kind": "form"})
-                if text and _draws_only_text(doc, index, deadline):
-                    # A text layer of only whitespace and nothing else drawn: nothing to OCR or
-                    # warn about; the page's text is that whitespace, and the pipeline decides
-                    # what a document of nothing but whitespace is (empty, like 0 bytes).
-                    yield Section(text, {"page": number, "kind": "page"})
-                    continue
-                without_text.append(number)
-                if not has_content or not ocr.enabled:
-                    continue
-                try:
-                    recognised = ocr.run(doc, index, context)
-                except (DocumentTimeout, ConfigurationError):  # the document's, not the page's
-                    raise
-                except Exception as exc:  # a page that cannot be rendered or recognised
-                    failed.append(number)
-                    context.metadata["pages_failed"] = failed
-                    if len(failed) <= MAX_PAGE_WARNINGS:
-                        context.warn(f"page {number} could not be rendered for OCR: {exc}")
-                    continue
-                context.metadata["ocr_engine"] = ocr.engine
-                if recognised:
-                    ocr_pages.append(number)
-                    yield Section(recognised, {"page": number, "kind": "page", "ocr": True})
-            _report_pages_without_text(context, without_text, ocr_pages, page_count, ocr)
-            if len(failed) > MAX_PAGE_WARNINGS:
-                context.warn(
-                    f"{len(failed) - MAX_PAGE_WARNINGS} more page(s) could not be read "
-                    f"({len(failed)} of {page_count} in all; see pages_failed)"
-                )
+                yield from pages.read(index, mined)
+            pages.report(page_count)
+
+
+def _open_within_limits(
+    pdfium_input: Any,
+    layout_input: Path | BinaryIO,
+    name: str,
+    password: str | None,
+    context: ExtractContext,
+    stack: ExitStack,
+) -> tuple[Any, int, bool]:
+    """Open the document once it is known to stay within the limits: (doc, pages, has_form).
+
+    The streams are checked before PDFium sees the file: it inflates a page's content streams
+    whole, in one call nothing can interrupt (a 2 MB file can hold a 2 GB stream). Encrypted
+    stream data is not zlib until decrypted, so an encrypted file is checked again, decrypted.
+    """
+    options = context.options
+    max_bytes = int(extraction_limit(options, "max_uncompressed_bytes"))
+    max_ratio = int(extraction_limit(options, "max_compression_ratio"))
+    max_pages = int(extraction_limit(options, "max_pages"))
+    deadline = context.deadline
+    check_stream_expansion(
+        layout_input, name, max_bytes=max_bytes, max_ratio=max_ratio, deadline=deadline
+    )
+    doc = _open_pdfium(pdfium_input, password, name, deadline)
+    stack.callback(_close, doc)
+    with pdfium_lock(deadline):
+        page_count = len(doc)
+        _document_metadata(doc, context.metadata)
+        has_form = _init_forms(doc)
+    if context.metadata.get("encrypted"):
+        check_stream_expansion(
+            layout_input,
+            name,
+            max_bytes=max_bytes,
+            max_ratio=max_ratio,
+            deadline=deadline,
+            password=password or "",
+        )
+    context.metadata["pages"] = page_count
+    if page_count > max_pages:
+        raise LimitExceeded(
+            f"{name} has {page_count} pages, more than the limit of {max_pages} "
+            "(option max_pages, setting P8FS_MAX_PAGES)",
+            pages=page_count,
+            limit=max_pages,
+        )
+    return doc, page_count, has_form
+
+
+class _PageReader:
+    """Reads one document's pages into sections, and keeps the tally its metadata reports:
+    pages without text, pages OCR'd, pages that failed (a damaged page must not cost the
+    others)."""
+
+    def __init__(self, doc: Any, has_form: bool, ocr: _OcrPolicy, context: ExtractContext):
+        self.doc, self.has_form, self.ocr, self.context = doc, has_form, ocr, context
+        self.without_text: list[int] = []
+        self.ocr_pages: list[int] = []
+        self.failed: list[int] = []
+        context.metadata["pages_without_text"] = self.without_text
+        context.metadata["ocr_pages"] = self.ocr_pages
+
+    def read(self, index: int, mined: str | None) -> Iterator[Section]:
+        """The sections of page ``index``: its text (pdfminer's ``mined`` text when layout mode
+        found some), its form fields, else what OCR recognises."""
+        number = index + 1
+        deadline = self.context.deadline
+        try:
+            text, has_content = _pdfium_page_text(self.doc, index, deadline)
+        except ProviderError:  # a timeout waiting for PDFium ends the document
+            raise
+        except Exception as exc:
+            self._fail(number, f"page {number} could not be read: {exc}")
+            return
+        # pdfminer's text, unless it found none where pdfium found some.
+        if mined is not None and (mined.strip() or not text.strip()):
+            text = mined
+        fields = _form_field_text(self.doc, index, deadline) if self.has_form else ""
+        if text.strip():
+            yield Section(text, {"page": number, "kind": "page"})
+            if fields:
+                yield Section(fields, {"page": number, "kind": "form"})
+            return
+        if fields:
+            yield Section(fields, {"page": number, "kind": "form"})
+        if text and _draws_only_text(self.doc, index, deadline):
+            # A text layer of only whitespace and nothing else drawn: nothing to OCR or warn
+            # about; the page's text is that whitespace, and the pipeline decides what a
+            # document of nothing but whitespace is (empty, like 0 bytes).
+            yield Section(text, {"page": number, "kind": "page"})
+            return
+        self.without_text.append(number)
+        if has_content and self.ocr.enabled:
+            yield from self._recognise(index)
+
+    def _recognise(self, index: int) -> Iterator[Section]:
+        number = index + 1
+        try:
+            recognised = self.ocr.run(self.doc, index, self.context)
+        except (DocumentTimeout, ConfigurationError):  # the document's, not the page's
+            raise
+        except Exception as exc:  # a page that cannot be rendered or recognised
+            self._fail(number, f"page {number} could not be rendered for OCR: {exc}")
+            return
+        self.context.metadata["ocr_engine"] = self.ocr.engine
+        if recognised:
+            self.ocr_pages.append(number)
+            yield Section(recognised, {"page": number, "kind": "page", "ocr": True})
+
+    def _fail(self, number: int, warning: str) -> None:
+        self.failed.append(number)
+        self.context.metadata["pages_failed"] = self.failed
+        if len(self.failed) <= MAX_PAGE_WARNINGS:
+            self.context.warn(warning)
+
+    def report(self, page_count: int) -> None:
+        """Warn about pages without text and failed pages beyond those warned one by one."""
+        _report_pages_without_text(
+            self.context, self.without_text, self.ocr_pages, page_count, self.ocr
+        )
+        if len(self.failed) > MAX_PAGE_WARNINGS:
+            self.context.warn(
+                f"{len(self.failed) - MAX_PAGE_WARNINGS} more page(s) could not be read "
+                f"({len(self.failed)} of {page_count} in all; see pages_failed)"
+            )
 
 
 #: ``stream`` keyword and its end of line, where a PDF stream's data begins (not ``endstream``).
