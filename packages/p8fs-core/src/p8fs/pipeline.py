@@ -52,7 +52,7 @@ from p8fs.storage import (
 from p8fs.threads import ThreadCache
 
 if TYPE_CHECKING:  # pragma: no cover
-    from p8fs.chunking import Chunk
+    from p8fs.chunking import Chunk, Chunker
     from p8fs.database import Database
     from p8fs.registry import Registry
     from p8fs.settings import Settings
@@ -232,31 +232,14 @@ async def _ingest_source(
     file_id = ids.file_id(tenant_id, source.uri)
     existing = await database.get_file(tenant_id, file_id)
     if existing is not None and existing.content_hash == source.content_hash and not force:
-        if job is not None:
-            await database.upsert_job(_done(job, existing, skipped=True))
-        return IngestResult(existing, existing.chunk_count, True, existing.provider)
+        return await _unchanged(existing, database, job)
     if source.size == 0:
         raise EmptyDocument(f"{source.uri} is empty (0 bytes)", uri=source.uri)
 
     from p8fs.chunking import require_text
-    from p8fs.plugins import get_registry
 
-    registry = get_registry()
-    mime_type = sniff_mime(source.head, source.name)
-    provider_cls = choose_provider(registry, mime_type, source.name)
-    provider: ContentProvider = registry.provider_instance(provider_cls)
-    provider.ensure_available()
-    context = ExtractContext(
-        uri=source.uri,
-        filename=source.name,
-        mime_type=mime_type,
-        size=source.size,
-        options=_with_limits(options, settings),
-        deadline=time.monotonic() + settings.document_timeout,
-    )
-    chunker = registry.chunkers.get(settings.chunker)(
-        settings.chunk_tokens, settings.chunk_overlap, settings.token_encoding
-    )
+    provider, context, chunker = _extraction_for(source, settings, options)
+    mime_type = context.mime_type
 
     def produce() -> Iterator[Chunk]:
         try:
@@ -320,6 +303,40 @@ async def _ingest_source(
         job=None if job is None else (lambda record: _done(job, record, skipped=False)),
     )
     return IngestResult(stored, count, False, provider.name, list(context.warnings))
+
+
+async def _unchanged(existing: FileRecord, database: Database, job: Job | None) -> IngestResult:
+    """The file's stored rows already hold this content: keep them, and mark its job done."""
+    if job is not None:
+        await database.upsert_job(_done(job, existing, skipped=True))
+    return IngestResult(existing, existing.chunk_count, True, existing.provider)
+
+
+def _extraction_for(
+    source: SourceFile, settings: Settings, options: dict[str, Any]
+) -> tuple[ContentProvider, ExtractContext, Chunker]:
+    """The provider for ``source`` (by its sniffed type, then its name), the context it
+    extracts under (options with the configured limits, the document's deadline) and the
+    configured chunker."""
+    from p8fs.plugins import get_registry
+
+    registry = get_registry()
+    mime_type = sniff_mime(source.head, source.name)
+    provider_cls = choose_provider(registry, mime_type, source.name)
+    provider: ContentProvider = registry.provider_instance(provider_cls)
+    provider.ensure_available()
+    context = ExtractContext(
+        uri=source.uri,
+        filename=source.name,
+        mime_type=mime_type,
+        size=source.size,
+        options=_with_limits(options, settings),
+        deadline=time.monotonic() + settings.document_timeout,
+    )
+    chunker: Chunker = registry.chunkers.get(settings.chunker)(
+        settings.chunk_tokens, settings.chunk_overlap, settings.token_encoding
+    )
+    return provider, context, chunker
 
 
 def _with_limits(options: dict[str, Any], settings: Settings) -> dict[str, Any]:
