@@ -49,9 +49,13 @@ def core_main() -> Iterator[click.Group]:
 
 
 def test_every_core_command_with_plugins_is_defined_in_a_cli_module(core_main: click.Group) -> None:
+    """Our own commands, the runner's included, live in a CLI module. A third-party plugin's
+    command lives wherever its author put it (tests/core/test_plugins.py installs one into this
+    process-wide group, so it may be here too): only commands of p8fs packages are checked."""
     paths = []
     for path, command in walk(core_main, "p8fs"):
-        assert in_a_cli_module(command), (path, defined_in(command))
+        if defined_in(command).split(".")[0] in ("p8fs", "p8fs_runner", "p8fs_node"):
+            assert in_a_cli_module(command), (path, defined_in(command))
         paths.append(path)
     assert {"p8fs router", "p8fs storage-worker"} <= set(paths)
 
