@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from p8fs.agents import DreamModel, MomentBuilder
 from p8fs.agents.config import resolve_llm
+from p8fs.agents.errors import AgentTruncatedError
 from p8fs.agents.limits import facts_for, window_of
 from p8fs.agents.moments import MOMENT_TYPES
 from p8fs.database import Database
@@ -99,6 +100,8 @@ def small_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     lenient parse and MomentBuilder's time repair keep what is usable instead)."""
     monkeypatch.setenv("P8FS_LLM_MAX_OUTPUT_TOKENS", "300")
     monkeypatch.setenv("P8FS_LLM_MAX_RETRIES", "0")
+    # The server's own sampling, not greedy decoding (P8FS_LLM_TEMPERATURE=0): greedy, this
+    # 135M model repeats itself until max_tokens on every part, which measures the model.
 
 
 #: Each call evaluates a ~3,000-token prompt; under load that takes minutes.
@@ -247,6 +250,7 @@ def test_every_agents_grammar_is_accepted_by_the_server(llama_server: LlamaServe
         body = {
             "model": "x",
             "max_tokens": 6,
+            "temperature": 0,
             "messages": [{"role": "user", "content": "Say hello."}],
             "grammar": grammar_for(registration.cls),
         }
@@ -261,8 +265,10 @@ def test_every_agents_grammar_is_accepted_by_the_server(llama_server: LlamaServe
         schema = registration.cls.model_json_schema()
         # Required keys come first; with none required, any property may open the object.
         required = [p for p in schema["properties"] if p in schema.get("required", [])]
-        starts = ['{"' + key + '"' for key in required[:1] or schema["properties"]] + ["{}"]
-        assert len(compact) > 2 and any(
+        starts = ['{"' + key + '"' for key in required[:1] or schema["properties"]]
+        if not required:
+            starts.append("{}")  # an empty object is a valid answer to such a grammar
+        assert compact and any(
             start.startswith(compact) or compact.startswith(start) for start in starts
         ), (registration.name, compact)
 
@@ -273,8 +279,18 @@ async def test_moment_builder_in_grammar_mode(
     """MomentBuilder end to end with the GBNF grammar p8fs writes: typed moments inside the
     transcript (the grammar keeps timestamps well formed, so the time repair can clamp them)."""
     monkeypatch.setenv("P8FS_LLM_STRUCTURED_OUTPUT", "grammar")
+    monkeypatch.setenv("P8FS_LLM_MAX_OUTPUT_TOKENS", "800")
     data = long_transcript(4)
-    result = await MomentBuilder.arun(data, model="smollm2")
+    # The grammar fixes the answer's shape, not its length: a 135M model sometimes writes one
+    # string until max_tokens (a cut-off the runtime reports, tested above). Sampling differs
+    # per request, so a cut-off answer gets two more tries; any other failure fails at once.
+    for attempt in range(3):
+        try:
+            result = await MomentBuilder.arun(data, model="smollm2")
+            break
+        except AgentTruncatedError:
+            if attempt == 2:
+                raise
     assert result.moments
     end = START + timedelta(seconds=30 * 4)
     for m in result.moments:

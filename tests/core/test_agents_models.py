@@ -248,6 +248,39 @@ def test_grammar_mode_sends_a_gbnf_grammar_and_no_response_format(
         MomentBuilder.run(TRANSCRIPT, model="anthropic/" + Settings().default_model)
 
 
+def test_temperature_is_sent_only_when_set(
+    llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """P8FS_LLM_TEMPERATURE reaches the request body; unset, the server's default applies."""
+    from tests.fixtures.llm import Text
+
+    monkeypatch.setenv("P8FS_LLM_BASE_URL", llm_server.url + "/v1")
+    monkeypatch.setenv("P8FS_LLM_STRUCTURED_OUTPUT", "json")
+    reply = {
+        "moments": [
+            {
+                "name": "Hello",
+                "content": "A greeting.",
+                "resource_timestamp": "2025-01-13T09:00:00Z",
+                "resource_ends_timestamp": "2025-01-13T09:10:00Z",
+                "moment_type": "meeting",
+            }
+        ],
+        "analysis_summary": "One greeting.",
+    }
+    for temperature in (None, "0"):
+        if temperature is None:
+            monkeypatch.delenv("P8FS_LLM_TEMPERATURE", raising=False)
+        else:
+            monkeypatch.setenv("P8FS_LLM_TEMPERATURE", temperature)
+        llm_server.replies.append(Text(json.dumps(reply)))
+        MomentBuilder.run(TRANSCRIPT, model="local")
+    bodies = [r.body for r in llm_server.requests if r.path == "/v1/chat/completions"]
+    assert len(bodies) == 2 and all(body is not None for body in bodies)
+    assert "temperature" not in bodies[0]  # type: ignore[operator]
+    assert bodies[1]["temperature"] == 0  # type: ignore[index]
+
+
 def _two_segments() -> dict[str, Any]:
     return {
         "transcript_id": "cut",

@@ -54,7 +54,7 @@ class BatchResults:
 def anthropic_params(request: BatchRequest, config: LLMConfig) -> dict[str, Any]:
     """The Messages API parameters of one batch request (what instructor would send)."""
     name = request.agent.__name__
-    return {
+    params: dict[str, Any] = {
         "model": config.model,
         "max_tokens": request.max_tokens or config.max_output_tokens,
         "system": request.agent.system_prompt(),
@@ -62,12 +62,15 @@ def anthropic_params(request: BatchRequest, config: LLMConfig) -> dict[str, Any]
         "tools": [tool_definition(request.agent)],
         "tool_choice": {"type": "tool", "name": name, "disable_parallel_tool_use": True},
     }
+    if config.temperature is not None:
+        params["temperature"] = config.temperature
+    return params
 
 
 def openai_line(request: BatchRequest, config: LLMConfig) -> dict[str, Any]:
     """One line of an OpenAI Batch input file (a chat completion with a forced function)."""
     tool = tool_definition(request.agent)
-    return {
+    line: dict[str, Any] = {
         "custom_id": request.custom_id,
         "method": "POST",
         "url": "/v1/chat/completions",
@@ -91,6 +94,9 @@ def openai_line(request: BatchRequest, config: LLMConfig) -> dict[str, Any]:
             "tool_choice": {"type": "function", "function": {"name": tool["name"]}},
         },
     }
+    if config.temperature is not None:
+        line["body"]["temperature"] = config.temperature
+    return line
 
 
 def _anthropic_client(config: LLMConfig) -> Any:

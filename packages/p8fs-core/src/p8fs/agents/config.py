@@ -78,6 +78,13 @@ class LLMSettings(BaseSettings):
         "(JSON mode, schema in the prompt), md_json (JSON in a Markdown block). auto: tools, "
         "which Anthropic, OpenAI, vLLM and llama.cpp servers all honour.",
     )
+    temperature: float | None = Field(
+        None,
+        ge=0.0,
+        le=2.0,
+        description="Sampling temperature sent with every request; unset: the server's default. "
+        "0 makes a local model's answers repeatable (greedy decoding).",
+    )
     max_retries: int = Field(
         2, ge=0, description="instructor re-asks after output that fails validation."
     )
@@ -105,6 +112,7 @@ class LLMConfig:
     encoding: str = "o200k_base"
     context_window: int | None = None
     structured_output: StructuredOutput = "auto"
+    temperature: float | None = None
     #: Why this provider was chosen, for error messages ("the anthropic/ prefix", ...).
     route: str = ""
 
@@ -229,6 +237,7 @@ def resolve_llm(
         "concurrency": llm.concurrency,
         "context_window": llm.context_window,
         "structured_output": llm.structured_output,
+        "temperature": llm.temperature,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return LLMConfig(

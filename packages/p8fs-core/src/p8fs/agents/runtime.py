@@ -429,6 +429,8 @@ async def structured_call(
     }
     if config.mode == "grammar":
         kwargs["extra_body"] = {"grammar": grammar_for(response_model)}
+    if config.temperature is not None:
+        kwargs["temperature"] = config.temperature
     if config.provider == "anthropic":
         kwargs["system"] = system
         kwargs["messages"] = [{"role": "user", "content": user_text}]
