@@ -226,9 +226,14 @@ def _tsvector_query(
     tsq = "to_tsquery(CAST(:config AS regconfig), {})"
     for i, term in enumerate(terms):
         params[f"t{i}"] = term
-    in_sample = ", ".join(
-        f"count(*) FILTER (WHERE r.{col} @@ {tsq.format(f':t{i}')})" for i in range(len(terms))
-    )
+
+    def df_counts(indices: Iterable[int]) -> str:
+        """One ``count`` per term: the chunks whose tsvector matches it."""
+        return ", ".join(
+            f"count(*) FILTER (WHERE r.{col} @@ {tsq.format(f':t{i}')})" for i in indices
+        )
+
+    in_sample = df_counts(range(len(terms)))
     recorded = int(
         conn.execute(
             text("SELECT COALESCE(SUM(chunk_count), 0) FROM files WHERE tenant_id = :tenant"),
@@ -266,12 +271,9 @@ def _tsvector_query(
         if rare:
             # Rare words (absent from the sample included): exact counts, through the index.
             params["rare"] = " | ".join(terms[i] for i in rare)
-            counts = ", ".join(
-                f"count(*) FILTER (WHERE r.{col} @@ {tsq.format(f':t{i}')})" for i in rare
-            )
             exact = conn.execute(
                 text(
-                    f"SELECT {counts} FROM resources r WHERE r.tenant_id = :tenant "
+                    f"SELECT {df_counts(rare)} FROM resources r WHERE r.tenant_id = :tenant "
                     f"AND r.{col} @@ {tsq.format(':rare')}"
                 ),
                 params,
@@ -282,7 +284,7 @@ def _tsvector_query(
     weighted = []
     for i, df in enumerate(dfs):
         if df:
-            params[f"w{i}"] = math.log(1 + (total - df + 0.5) / (df + 0.5))
+            params[f"w{i}"] = _idf(total, df)
             weighted.append(f":w{i} * ts_rank(r.{col}, {tsq.format(f':t{i}')}, 1)")
     if not weighted:
         return []
@@ -408,6 +410,12 @@ def _scan_query(
     return _bm25(rows, terms, total, limit=limit)
 
 
+def _idf(total: float, df: float) -> float:
+    """BM25's inverse document frequency of a word in ``df`` of ``total`` chunks (Lucene's
+    form, never negative)."""
+    return math.log(1 + (total - df + 0.5) / (df + 0.5))
+
+
 def _bm25(
     rows: list[dict[str, Any]],
     terms: Sequence[str],
@@ -433,7 +441,7 @@ def _bm25(
                 continue
         else:
             df = sum(1 for d in docs if any(w.startswith(term) for w in d))
-        idf = math.log(1 + (max(total, len(rows)) - df + 0.5) / (df + 0.5))
+        idf = _idf(max(total, len(rows)), df)
         for row, d, n in zip(rows, docs, lengths, strict=True):
             tf = sum(c for w, c in d.items() if w.startswith(term))
             if tf:
