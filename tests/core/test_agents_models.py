@@ -32,6 +32,19 @@ TRANSCRIPT = {
         {"timestamp": "2025-01-13T09:00:00Z", "speaker_id": "s1", "text": "Hello team."},
     ],
 }
+#: The fake server's answer to TRANSCRIPT: one moment over its ten minutes.
+ONE_GREETING = {
+    "moments": [
+        {
+            "name": "Hello",
+            "content": "A greeting.",
+            "resource_timestamp": "2025-01-13T09:00:00Z",
+            "resource_ends_timestamp": "2025-01-13T09:10:00Z",
+            "moment_type": "meeting",
+        }
+    ],
+    "analysis_summary": "One greeting.",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -186,19 +199,7 @@ def test_structured_output_setting_reaches_the_request(
 
     monkeypatch.setenv("P8FS_LLM_BASE_URL", llm_server.url + "/v1")
     monkeypatch.setenv("P8FS_LLM_STRUCTURED_OUTPUT", "json_schema")
-    reply = {
-        "moments": [
-            {
-                "name": "Hello",
-                "content": "A greeting.",
-                "resource_timestamp": "2025-01-13T09:00:00Z",
-                "resource_ends_timestamp": "2025-01-13T09:10:00Z",
-                "moment_type": "meeting",
-            }
-        ],
-        "analysis_summary": "One greeting.",
-        "total_moments": 1,
-    }
+    reply = {**ONE_GREETING, "total_moments": 1}
     llm_server.replies.append(Text(json.dumps(reply)))
     result = MomentBuilder.run(TRANSCRIPT, model="local")
     assert result.moments[0].name == "Hello"
@@ -221,18 +222,7 @@ def test_grammar_mode_sends_a_gbnf_grammar_and_no_response_format(
 
     monkeypatch.setenv("P8FS_LLM_BASE_URL", llm_server.url + "/v1")
     monkeypatch.setenv("P8FS_LLM_STRUCTURED_OUTPUT", "grammar")
-    reply = {
-        "moments": [
-            {
-                "name": "Hello",
-                "content": "A greeting.",
-                "resource_timestamp": "2025-01-13T09:00:00Z",
-                "resource_ends_timestamp": "2025-01-13T09:10:00Z",
-                "moment_type": "meeting",
-            }
-        ],
-        "analysis_summary": "One greeting.",
-    }
+    reply = ONE_GREETING
     llm_server.replies.append(Text(json.dumps(reply)))
     result = MomentBuilder.run(TRANSCRIPT, model="local")
     assert result.moments[0].name == "Hello"
@@ -256,18 +246,7 @@ def test_temperature_is_sent_only_when_set(
 
     monkeypatch.setenv("P8FS_LLM_BASE_URL", llm_server.url + "/v1")
     monkeypatch.setenv("P8FS_LLM_STRUCTURED_OUTPUT", "json")
-    reply = {
-        "moments": [
-            {
-                "name": "Hello",
-                "content": "A greeting.",
-                "resource_timestamp": "2025-01-13T09:00:00Z",
-                "resource_ends_timestamp": "2025-01-13T09:10:00Z",
-                "moment_type": "meeting",
-            }
-        ],
-        "analysis_summary": "One greeting.",
-    }
+    reply = ONE_GREETING
     for temperature in (None, "0"):
         if temperature is None:
             monkeypatch.delenv("P8FS_LLM_TEMPERATURE", raising=False)
