@@ -572,16 +572,20 @@ def translate_error(exc: BaseException, model: type[BaseModel], config: LLMConfi
     )
 
 
-def _completion_text(completion: Any) -> str | None:
-    """The raw text of an OpenAI-style answer (tool call arguments, else content)."""
+def _openai_texts(completion: Any) -> list[Any]:
+    """What an OpenAI-style answer's first choice holds, in the order it is read: each tool
+    call's arguments, then the message content."""
+    texts: list[Any] = []
     for choice in (getattr(completion, "choices", None) or [])[:1]:
         message = choice.message
-        for call in message.tool_calls or []:
-            if call.function and call.function.arguments:
-                return str(call.function.arguments)
-        if message.content:
-            return str(message.content)
-    return None
+        texts += [c.function.arguments for c in (message.tool_calls or []) if c.function]
+        texts.append(message.content)
+    return texts
+
+
+def _completion_text(completion: Any) -> str | None:
+    """The raw text of an OpenAI-style answer (tool call arguments, else content)."""
+    return next((str(text) for text in _openai_texts(completion) if text), None)
 
 
 def salvage(
@@ -632,10 +636,7 @@ def completion_json(completion: Any) -> dict[str, Any] | None:
             candidates.append(getattr(block, "input", None))
         elif getattr(block, "type", None) == "text":
             candidates.append(getattr(block, "text", None))
-    for choice in (getattr(completion, "choices", None) or [])[:1]:  # OpenAI chat completion
-        message = choice.message
-        candidates += [c.function.arguments for c in (message.tool_calls or []) if c.function]
-        candidates.append(message.content)
+    candidates += _openai_texts(completion)  # OpenAI chat completion
     for candidate in candidates:
         if isinstance(candidate, dict):
             return candidate
