@@ -104,6 +104,9 @@ def small_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     # 135M model repeats itself until max_tokens on every part, which measures the model.
 
 
+#: What a run's failure says when an answer was cut off at max_tokens.
+CUT_OFF = "stopped before its answer was complete"
+
 #: Each call evaluates a ~3,000-token prompt; under load that takes minutes.
 pytestmark = pytest.mark.timeout(1800)
 
@@ -125,7 +128,15 @@ async def test_moments_of_a_transcript_longer_than_the_window(
 
     worker = MomentWorker(sqlite_database, model="smollm2")
     started = time.monotonic()
-    run = await worker.process_many("tenant-llama", {"meeting.json": data})
+    # Sampling differs per request, and a 135M model now and then writes one part's answer
+    # until max_tokens even after the runtime halved it twice (the cut-off is reported, as it
+    # must be; a clean clone's full run saw it once in five). Such a run gets two more tries;
+    # any other failure fails at once.
+    for attempt in range(3):
+        run = await worker.process_many("tenant-llama", {"meeting.json": data})
+        cut_off = all(CUT_OFF in message for message in run.failures.values())
+        if not run.failures or not cut_off or attempt == 2:
+            break
     elapsed = time.monotonic() - started
     assert run.failures == {}, run.failures
 
