@@ -34,6 +34,7 @@ import random
 import statistics
 import time
 import urllib.request
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -505,10 +506,31 @@ class LoadScenario:
             await session.close()
 
     async def publish(self, items: list[Planned]) -> None:
+        """Every event stored on the main stream, as a producer does it: a publish the stream did
+        not confirm (a NATS node killed mid-burst) is sent again under the same
+        ``Nats-Msg-Id``, which the stream drops if the first copy landed after all."""
+        from p8fs_runner.pubacks import await_pubacks
+
+        call = uuid.uuid4().hex[:8]
+        todo = list(items)
         for item in items:
             self.published_at[item.uri] = time.time()
-            await self.js.publish_async(tiers.EVENTS_SUBJECT, item.event())
-        await self.js.publish_async_completed()
+        for _ in range(20):
+            futures = []
+            for item in todo:
+                futures.append(
+                    await self.js.publish_async(
+                        tiers.EVENTS_SUBJECT,
+                        item.event(),
+                        headers={"Nats-Msg-Id": f"load:{call}:{item.uri}"},
+                    )
+                )
+            results = await await_pubacks(futures)
+            todo = [i for i, r in zip(todo, results, strict=True) if isinstance(r, BaseException)]
+            if not todo:
+                break
+            await asyncio.sleep(0.5)
+        assert not todo, f"{len(todo)} events could not be published"
         self.planned += items
 
     async def remaining(self) -> int | None:
@@ -622,20 +644,30 @@ class LoadScenario:
     async def wait_settled(self, limit: float) -> None:
         """Until every stream is empty and no consumer has pending or unacked messages."""
 
+        last: list[str] = []
+
         async def settled() -> bool:
             self._check_alive()
-            try:
-                for spec in (tiers.ROUTER, *tiers.TIERS.values()):
+            last.clear()
+            for spec in (tiers.ROUTER, *tiers.TIERS.values()):
+                try:
                     info = await self.js.consumer_info(spec.stream, spec.durable)
-                    if info.num_pending or info.num_ack_pending:
-                        return False
-                    if (await self.js.stream_info(spec.stream)).state.messages:
-                        return False
-            except Exception:
-                return False
-            return True
+                    messages = (await self.js.stream_info(spec.stream)).state.messages
+                except Exception as exc:
+                    last.append(f"{spec.stream}: {type(exc).__name__}: {exc}")
+                    continue
+                if info.num_pending or info.num_ack_pending or messages:
+                    last.append(
+                        f"{spec.stream}: {messages} messages, {info.num_pending} pending, "
+                        f"{info.num_ack_pending} unacked"
+                    )
+            return not last
 
-        await self.until(settled, limit=limit, what="every queue to drain")
+        try:
+            await self.until(settled, limit=limit, what="every queue to drain")
+        except AssertionError as exc:
+            # Which queue, and how: a bare timeout leaves a failed CI run unexplained.
+            raise AssertionError(f"{exc}; last seen: {'; '.join(last)}") from None
 
     # -- verification -----------------------------------------------------------------------
     async def verify(self, refs: dict[str, Reference]) -> Report:

@@ -8,9 +8,11 @@ and a ``p8fs-run worker --tier T`` per tier as child processes given all three U
 medium tiers by declared size, file-by-file verification against a reference ingest).
 
 * R3: mid-burst the node that leads the small tier's stream is SIGKILLed; a new leader is
-  elected and the tier keeps going while the node is down; the node is started again on its
-  store, and once it has caught up a node that leads nothing of the small tier is SIGKILLed and
-  left down. Afterwards every good file is stored exactly once with the reference's chunks,
+  elected and the tier keeps going while the node is down (a second wave of events is published
+  into the two-node cluster then, so there is work to measure however fast the machine is); the
+  node is started again on its store, and once it has caught up a third wave is published and a
+  node that leads nothing of the small tier is SIGKILLed at once and left down. Afterwards
+  every good file is stored exactly once with the reference's chunks,
   every poison file has its errors row and exactly one dead letter, nothing is left pending.
 * R1 (the control that shows the test can fail): the same burst with one copy per stream. While
   the node holding the small tier's stream is down that tier makes no progress at all, and when
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -47,8 +50,12 @@ from tests.reliability.load_scenario import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgresql]
 
-#: The burst of the R3 run (the issue asks for at least 2,000 over the three tiers).
+#: The burst of the R3 run (the issue asks for at least 2,000 over the three tiers), published in
+#: three waves: before the first kill, while its node is down, and just before the second kill.
+#: Each fault meets work in flight by construction; waiting for a share of one big burst instead
+#: let a fast machine finish it during the outage, before the second fault.
 EVENTS = 2000
+WAVES = (1000, 500, 500)
 #: The R1 control needs only enough to have work left when its node goes.
 CONTROL_EVENTS = 600
 #: Seconds after a kill before progress is measured (in-flight files finish meanwhile: a worker
@@ -118,18 +125,24 @@ async def _when_progress(scenario: LoadScenario, of: int, mark: float) -> None:
     assert await scenario.remaining(), "the burst finished before the fault"
 
 
-async def _kill(scenario: LoadScenario, cluster: NatsCluster, node: ClusterNode, of: int) -> None:
-    progress = await scenario.progress(of)
+async def _kill(scenario: LoadScenario, cluster: NatsCluster, node: ClusterNode) -> None:
+    progress = await scenario.progress(len(scenario.planned))  # of what was published so far
     await asyncio.to_thread(cluster.kill, node)
     scenario.faults.nats_node_kills += 1
     scenario.faults.note(f"SIGKILL NATS node {node.name}", progress)
 
 
 async def _measure_outage(
-    scenario: LoadScenario, cluster: NatsCluster, leader: ClusterNode, *, expect_failover: bool
+    scenario: LoadScenario,
+    cluster: NatsCluster,
+    leader: ClusterNode,
+    *,
+    expect_failover: bool,
+    publish: Sequence[Planned] = (),
 ) -> Outage:
     """After ``leader`` was killed: time to a new leader of the small stream (if one is
-    expected), then small-tier files stored during :data:`OUTAGE_WINDOW`."""
+    expected), then small-tier files stored during :data:`OUTAGE_WINDOW`. ``publish`` goes
+    out at the start of the window, into the cluster with the node still down."""
     outage = Outage(leader.name)
     killed_at = time.monotonic()
     if expect_failover:
@@ -138,6 +151,9 @@ async def _measure_outage(
         outage.notes.append(f"{SMALL}: new leader {new.name} after {outage.failover:.1f} s")
     await asyncio.sleep(max(0.0, killed_at + SETTLE_IN_FLIGHT - time.monotonic()))
     before = await _small_files(scenario.database.url)
+    if publish:
+        await scenario.publish(list(publish))
+        outage.notes.append(f"{len(publish)} more events published with {leader.name} down")
     await asyncio.sleep(OUTAGE_WINDOW)  # the measured window itself
     outage.small_stored = await _small_files(scenario.database.url) - before
     outage.notes.append(
@@ -164,16 +180,22 @@ async def test_r3_streams_lose_nothing_when_the_leader_and_then_a_follower_are_k
     scenario, items, refs = await _setup(
         cluster, pg_url, seaweedfs, tmp_path, replicas=3, events=EVENTS
     )
-    of = len(items)
+    first, second, third = (
+        items[: WAVES[0]],
+        items[WAVES[0] : WAVES[0] + WAVES[1]],
+        items[WAVES[0] + WAVES[1] :],
+    )
+    assert len(third) == WAVES[2]
     try:
         info = await scenario.js.stream_info(SMALL)
         assert info.config.num_replicas == 3  # the router applied P8FS_NATS_REPLICAS
         assert await asyncio.to_thread(cluster.stream_replicas, SMALL) == ["n1", "n2", "n3"]
-        await scenario.publish(items)
-        scenario.faults.note(f"{of} events published", await scenario.progress(of))
+        await scenario.publish(first)
+        scenario.faults.note(f"{len(first)} events published", await scenario.progress(len(first)))
 
-        # 1. The small stream's leader goes, mid-burst.
-        await _when_progress(scenario, of, 0.15)
+        # 1. The small stream's leader goes, mid-burst; the second wave is published while it
+        # is down and the small tier must keep storing.
+        await _when_progress(scenario, len(first), 0.15)
         leader = await asyncio.to_thread(cluster.stream_leader, SMALL)
         led = [
             s
@@ -181,24 +203,28 @@ async def test_r3_streams_lose_nothing_when_the_leader_and_then_a_follower_are_k
             if (p := await asyncio.to_thread(cluster.stream_placement, s))
             and p["leader"] == leader.name
         ]
-        await _kill(scenario, cluster, leader, of)
-        outage = await _measure_outage(scenario, cluster, leader, expect_failover=True)
+        await _kill(scenario, cluster, leader)
+        outage = await _measure_outage(
+            scenario, cluster, leader, expect_failover=True, publish=second
+        )
 
         # 2. It comes back on its store and catches up.
-        await _when_progress(scenario, of, 0.40)
         await asyncio.to_thread(cluster.restart, leader)
         scenario.faults.note(
-            f"NATS node {leader.name} started again on its store", await scenario.progress(of)
+            f"NATS node {leader.name} started again on its store",
+            await scenario.progress(len(scenario.planned)),
         )
         await scenario.until(lambda: _caught_up(leader), limit=90, what=f"{leader.name} current")
 
-        # 3. A node that does not lead the small stream goes, and stays down.
-        await _when_progress(scenario, of, 0.55)
+        # 3. The third wave goes out and, with it in flight, a node that does not lead the small
+        # stream goes, and stays down.
+        await scenario.publish(third)
         current = await asyncio.to_thread(cluster.stream_leader, SMALL)
         # Another node than the one killed before, if it does not lead the small stream.
         followers = [n for n in cluster.nodes if n.running() and n is not current]
         follower = min(followers, key=lambda n: n is leader)
-        await _kill(scenario, cluster, follower, of)
+        assert await scenario.remaining(), "the third wave finished before the fault"
+        await _kill(scenario, cluster, follower)
 
         await scenario.wait_settled(limit=240)
         report = await scenario.verify(refs)
@@ -245,7 +271,7 @@ async def test_r1_streams_stall_and_lose_messages_when_their_node_is_lost(
         await scenario.publish(items)
         await _when_progress(scenario, of, 0.15)
         holder = cluster.node(holders[0])
-        await _kill(scenario, cluster, holder, of)
+        await _kill(scenario, cluster, holder)
         outage = await _measure_outage(scenario, cluster, holder, expect_failover=False)
         left_in_small = None
         # The node is lost for good: a replacement starts with an empty store.

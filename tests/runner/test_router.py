@@ -131,6 +131,43 @@ async def test_a_crashed_publish_is_deduplicated_on_redelivery(js: Any) -> None:
     assert await stored(js, tiers.EVENTS_STREAM, 0) == 0
 
 
+async def test_a_publish_never_answered_is_retried_not_waited_for_forever(
+    js: Any, nats_server: EmbeddedNats
+) -> None:
+    """A NATS node that dies with a publish in flight never sends its PubAck, and nats-py's
+    ``publish_async`` future has no deadline of its own: the router used to hang there for good,
+    holding its whole batch unacked (seen in tests/runner/test_cluster.py). Here the tier
+    subject is taken by a plain subscriber that swallows every message and never answers."""
+    import nats
+
+    silent = await nats.connect(**nats_server.connect_options())
+    swallowed: list[Any] = []
+
+    async def swallow(msg: Any) -> None:
+        swallowed.append(msg)
+
+    await silent.subscribe("p8fs.blackhole", cb=swallow)
+    await silent.flush()
+    blackhole = tiers.SMALL.with_overrides(subject="p8fs.blackhole")
+    try:
+        await js.publish(tiers.EVENTS_SUBJECT, event("docs/lost.txt", 10))
+        sub = await router_sub(js)
+        [msg] = await sub.fetch(1, timeout=2)
+        router = Router(js, spec=FAST_ROUTER, tier_for=lambda _: blackhole, puback_within=0.5)
+        # Generous: the deadline is 0.5 s; without one this never returns.
+        stats = await asyncio.wait_for(router.route([msg]), timeout=30)
+    finally:
+        await silent.close()
+
+    assert len(swallowed) == 1  # the publish went out; only its answer never came
+    assert stats.retried == 1 and stats.routed == {}
+    # Not acked: the event is still on the main stream and comes back for another try.
+    assert (await js.stream_info(tiers.EVENTS_STREAM)).state.messages == 1
+    [again] = await sub.fetch(1, timeout=10)
+    assert again.metadata.num_delivered == 2
+    assert route_msg_id(again) == route_msg_id(msg)
+
+
 async def test_two_replicas_share_one_durable_and_route_each_event_once(js: Any) -> None:
     n = 300
     for i in range(n):

@@ -49,6 +49,7 @@ from prometheus_client import Counter, Gauge
 
 from p8fs.errors import ConfigurationError
 from p8fs_runner.events import InvalidEvent, parse_event
+from p8fs_runner.pubacks import await_pubacks
 from p8fs_runner.settings import RunnerSettings
 from p8fs_runner.tiers import EVENTS_STREAM, EVENTS_SUBJECT
 
@@ -79,8 +80,6 @@ FILER_UP = Gauge(
 
 #: SeaweedFS serves gRPC on the filer's HTTP port plus this, unless started with -port.grpc.
 FILER_GRPC_PORT_OFFSET = 10000
-#: Seconds a burst of pipelined publishes may wait for its acknowledgements.
-ACK_TIMEOUT = 10.0
 #: Largest gRPC message accepted: while catching up the filer packs up to 256 changes, each
 #: with its chunk list, into one response (gRPC's 4 MiB default is too small for that).
 MAX_MESSAGE_BYTES = 1 << 30
@@ -423,16 +422,15 @@ class FilerBridge:
                 item.retry = True
             futures.append(future)
         waiting = [f for f in futures if f is not None]
-        if waiting:  # one deadline for the whole burst, not one per message
-            await asyncio.wait(waiting, timeout=ACK_TIMEOUT)
+        acks = iter(await await_pubacks(waiting))  # one deadline for the whole burst
         newest: int | None = None
         for item, future in zip(outgoing, futures, strict=True):
             if future is not None:
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    self._count(future.result())
-                else:
-                    future.cancel()
+                ack = next(acks)
+                if isinstance(ack, BaseException):
                     item.retry = True
+                else:
+                    self._count(ack)
             if item.retry and not await self.publish(item.payload or b"", item.msg_id, stop):
                 break  # stopping: everything from here on is replayed next time
             if item.ts_ns is None:

@@ -7,7 +7,8 @@ Order of operations per batch, and why:
    workers only ever see well-formed events;
 2. publish each good event to its tier subject with a ``Nats-Msg-Id`` derived from the source
    message (stream sequence and timestamp), all at once with ``publish_async``;
-3. wait for every PubAck, and only then ack the source messages.
+3. wait for every PubAck (with a deadline, :mod:`p8fs_runner.pubacks`: a node lost mid-publish
+   never answers), and only then ack the source messages; one unanswered is retried.
 
 If the router dies between 2 and 3 the source is redelivered (to this or another replica sharing
 the durable) and published again with the same id, which the tier stream drops as a duplicate.
@@ -30,6 +31,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from p8fs.errors import error_code
 from p8fs_runner import metrics
 from p8fs_runner.dlq import dead_letter
+from p8fs_runner.pubacks import PUBACK_TIMEOUT, await_pubacks
 from p8fs_runner.tiers import ROUTER, QueueSpec, tier_for_size
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -116,11 +118,14 @@ class Router:
         errors: ErrorSink | None = None,
         spec: QueueSpec = ROUTER,
         tier_for: Callable[[int], QueueSpec] = tier_for_size,
+        puback_within: float = PUBACK_TIMEOUT,
     ) -> None:
         self.js = js
         self.errors = errors
         self.spec = spec
         self.tier_for = tier_for
+        #: Seconds a batch's publishes may wait for their PubAcks before they count as failed.
+        self.puback_within = puback_within
         self.stats = RouteStats()
 
     async def _reject(self, msg: Msg, exc: BaseException) -> None:
@@ -175,7 +180,7 @@ class Router:
             )
             pending.append((msg, tier, future))
 
-        results = await asyncio.gather(*(f for _, _, f in pending), return_exceptions=True)
+        results = await await_pubacks([f for _, _, f in pending], self.puback_within)
         for (msg, tier, _), result in zip(pending, results, strict=True):
             if isinstance(result, BaseException):
                 await self._publish_failed(msg, tier, result)
