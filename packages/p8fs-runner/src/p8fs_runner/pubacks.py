@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from nats.js.api import PubAck
 
 #: Seconds to wait for the PubAcks of one burst. A healthy stream answers in milliseconds; an
-#: election after a node loss takes a few seconds (5.9–7.4 s measured in tests/runner/test_cluster).
+#: election after a node loss takes a few seconds (5–8 s measured in tests/runner/test_cluster).
 PUBACK_TIMEOUT = 10.0
 
 
