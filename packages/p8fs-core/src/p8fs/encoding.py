@@ -3,7 +3,8 @@ cp1252 and Latin-1.
 
 Why not chardet/charset-normalizer: the encodings users actually send are few, the rules below
 are exact for them, and a statistical guesser occasionally turns a Latin-1 file into Cyrillic.
-The order matters: BOMs are authoritative, then the NUL-byte patterns that only UTF-16/32 produce,
+The order matters: BOMs are authoritative (when what follows decodes in their encoding: bytes
+FE FF are also "þÿ" in cp1252), then the NUL-byte patterns that only UTF-16/32 produce,
 then strict UTF-8 (which almost never validates by accident), then the Windows superset of
 Latin-1, which differs from ISO-8859-1 only in 0x80-0x9F (C1 controls in Latin-1, printable
 characters such as ``€`` in cp1252).
@@ -25,16 +26,41 @@ _BOMS: tuple[tuple[bytes, str], ...] = (
 )
 
 
-def bom_length(data: bytes) -> int:
-    """How many leading bytes of ``data`` are a byte-order mark (to skip before decoding)."""
-    for bom, _ in _BOMS:
-        if data.startswith(bom):
-            return len(bom)
-    return 0
+def _decodes(sample: bytes, encoding: str, complete: bool) -> bool:
+    """Whether ``sample`` is valid ``encoding`` (a prefix of it, unless ``complete``)."""
+    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    try:
+        decoder.decode(sample, final=complete)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
-def has_bom(data: bytes) -> bool:
-    return any(data.startswith(bom) for bom, _ in _BOMS)
+def _bom(sample: bytes, complete: bool) -> tuple[str, int] | None:
+    """The encoding a leading byte-order mark names, and the mark's length.
+
+    A mark counts only when the bytes after it decode in its encoding. Otherwise they are text
+    that happens to begin with the same bytes (cp1252 "þÿ0" is FE FF 30, which is no UTF-16:
+    taking the mark on trust made decoding it raise). UTF-32-LE's mark begins with UTF-16-LE's,
+    so a failed UTF-32 reading goes on to the UTF-16 one.
+    """
+    for bom, name in _BOMS:
+        if sample.startswith(bom) and _decodes(sample[len(bom) :], name, complete):
+            return name, len(bom)
+    return None
+
+
+def bom_length(data: bytes, *, complete: bool = True) -> int:
+    """How many leading bytes of ``data`` are a byte-order mark (to skip before decoding);
+    ``complete`` as for :func:`detect_encoding`, whose answer this agrees with."""
+    found = _bom(data, complete)
+    return found[1] if found else 0
+
+
+def has_bom(data: bytes, *, complete: bool = False) -> bool:
+    """Whether ``data`` (a file's head, or all of it when ``complete``) starts with a
+    byte-order mark that :func:`detect_encoding` takes."""
+    return _bom(data, complete) is not None
 
 
 def _nul_pattern(sample: bytes) -> str | None:
@@ -61,42 +87,39 @@ def _nul_pattern(sample: bytes) -> str | None:
     return None
 
 
-def _is_utf8(sample: bytes, complete: bool) -> bool:
-    decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    try:
-        decoder.decode(sample, final=complete)
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def detect_encoding(sample: bytes, *, complete: bool = True) -> str:
     """The encoding of ``sample`` (a file's head, or all of it when ``complete``).
 
     Returns a Python codec name; callers skip :func:`bom_length` bytes first, so decoded text
     never starts with U+FEFF.
     """
-    for bom, name in _BOMS:
-        if sample.startswith(bom):
-            return name
+    return _detect(sample, complete)[0]
+
+
+def _detect(sample: bytes, complete: bool) -> tuple[str, int]:
+    """:func:`detect_encoding` and :func:`bom_length` at once: checking a mark decodes what
+    follows it, which is worth doing once per file."""
+    found = _bom(sample, complete)
+    if found:
+        return found
     pattern = _nul_pattern(sample[:4096])
     if pattern:
-        return pattern
-    if _is_utf8(sample, complete):
-        return "utf-8"
+        return pattern, 0
+    if _decodes(sample, "utf-8", complete):
+        return "utf-8", 0
     if any(0x80 <= b <= 0x9F for b in sample):
         try:
             sample.decode("cp1252")
-            return "cp1252"
+            return "cp1252", 0
         except UnicodeDecodeError:
-            return "latin-1"
-    return "latin-1"
+            return "latin-1", 0
+    return "latin-1", 0
 
 
 def decode_bytes(data: bytes, encoding: str | None = None) -> str:
     """Decode a whole byte string with :func:`detect_encoding` (or the given encoding)."""
-    enc = encoding or detect_encoding(data)
-    return data[bom_length(data):].decode(enc)
+    enc, skip = (encoding, bom_length(data)) if encoding else _detect(data, True)
+    return data[skip:].decode(enc)
 
 
 def looks_like_text(sample: bytes) -> bool:
@@ -107,10 +130,10 @@ def looks_like_text(sample: bytes) -> bool:
     """
     if not sample:
         return True
-    enc = detect_encoding(sample, complete=False)
+    enc, skip = _detect(sample, False)
     if enc.startswith(("utf-16", "utf-32")):
         return True
-    text = sample[bom_length(sample):].decode(enc, errors="replace")
+    text = sample[skip:].decode(enc, errors="replace")
     controls = len(_BINARY_CONTROLS.findall(text))
     return controls <= max(1, len(text) // 100)
 
@@ -141,13 +164,13 @@ class TextStream:
         self._read_bytes = read_bytes
         #: The first bytes read (for callers that sniff before decoding).
         self.head = stream.read(detect_bytes + 1)
-        #: The encoding the head revealed (a Python codec name).
-        self.encoding = detect_encoding(self.head, complete=len(self.head) <= detect_bytes)
+        #: The encoding the head revealed (a Python codec name), and the length of its mark.
+        self.encoding, self._bom_length = _detect(self.head, len(self.head) <= detect_bytes)
 
     def __iter__(self) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder(self.encoding)("strict")
         nuls = 0
-        data = self.head[bom_length(self.head):]
+        data = self.head[self._bom_length :]
         while True:
             final = not data
             try:

@@ -560,7 +560,7 @@ def decode_html(data: bytes) -> str:
     As browsers do (WHATWG Encoding), a declared Latin-1 or ASCII is read as windows-1252,
     because that is what such pages almost always really are.
     """
-    if not has_bom(data):
+    if not has_bom(data, complete=True):
         declared = _META_CHARSET.search(data[:4096])
         if declared:
             label = declared.group(1).decode("ascii").lower()
